@@ -1,0 +1,31 @@
+"""The `loupe` command: one entry point, one small module per command group."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.model_commands import add_model_commands
+from pipeline.errors import LoupeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loupe", description="Loupe: feature visualizations and dataset examples for every unit of a model."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_model_commands(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LoupeError as exc:
+        print(f"loupe: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

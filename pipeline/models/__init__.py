@@ -1,0 +1,32 @@
+"""Load any vision model and address every one of its units exactly.
+
+    lm = load_model("torchvision:googlenet", weights="DEFAULT")
+    lm.catalog["inception4a"]            # LayerInfo: channels 512, spatial (14, 14)
+    with capture(lm, ["inception4a_pre_relu"]) as cap:
+        acts = cap.run(images)           # images: RGB in [0, 1]
+"""
+
+from pipeline.models.activation_capture import ActivationCapture, capture
+from pipeline.models.catalog import LOGITS, LayerCatalog, LayerInfo, UnitRef
+from pipeline.models.device import pick_device
+from pipeline.models.loaded import LoadedModel, load_model
+from pipeline.models.preprocessing import Preprocessing
+from pipeline.models.sources import parse_source, torchvision_builders
+from pipeline.models.weights import read_state_dict, weights_digest
+
+__all__ = [
+    "LOGITS",
+    "ActivationCapture",
+    "LayerCatalog",
+    "LayerInfo",
+    "LoadedModel",
+    "Preprocessing",
+    "UnitRef",
+    "capture",
+    "load_model",
+    "parse_source",
+    "pick_device",
+    "read_state_dict",
+    "torchvision_builders",
+    "weights_digest",
+]

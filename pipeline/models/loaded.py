@@ -1,0 +1,192 @@
+"""A model ready for Loupe: weights loaded, eval mode, on its device, with its preprocessing.
+
+`load_model` is the one entry point from a source string and a weights choice; every error
+(unknown builder, unreadable weights, mismatched keys) is raised here, before any heavy work.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from pipeline.errors import ModelSourceError, WeightsError
+from pipeline.models import sources
+from pipeline.models.catalog import LayerCatalog, LayerInfo, UnitRef, discover_layers
+from pipeline.models.device import pick_device
+from pipeline.models.preprocessing import Preprocessing
+from pipeline.models.weights import load_into, read_state_dict, weights_digest
+
+
+class LoadedModel:
+    """An eval-mode nn.Module plus what Loupe needs to address it: preprocessing, catalog, digest.
+
+    Call it with RGB images in [0, 1]; normalization happens inside.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        preprocessing: Preprocessing,
+        device: torch.device,
+        name: str,
+        weights: str = "none",
+        categories: list[str] | None = None,
+    ) -> None:
+        self.module = module.eval().to(device)
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)
+        self.preprocessing = preprocessing
+        self.device = device
+        self.name = name
+        self.weights = weights
+        self.categories = categories
+
+    @classmethod
+    def from_module(
+        cls,
+        module: nn.Module,
+        *,
+        preprocessing: Preprocessing | None = None,
+        device: str | torch.device | None = None,
+        name: str = "model",
+        categories: list[str] | None = None,
+    ) -> "LoadedModel":
+        """Wrap any nn.Module (e.g. one built in a notebook or a test) as a LoadedModel."""
+        return cls(
+            module,
+            preprocessing=preprocessing or Preprocessing(),
+            device=pick_device(device),
+            name=name,
+            weights="in-memory",
+            categories=categories,
+        )
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return self.preprocessing.normalize(images)
+
+    def __call__(self, images: torch.Tensor) -> Any:
+        return self.module(self.normalize(images))
+
+    @cached_property
+    def catalog(self) -> LayerCatalog:
+        """Every addressable layer, found by one dry run at the model's input size."""
+        size = self.preprocessing.input_size
+        generator = torch.Generator().manual_seed(0)
+        example = torch.rand(1, 3, size, size, generator=generator).to(self.device)
+        return discover_layers(self.module, self.normalize(example), model_name=self.name)
+
+    @cached_property
+    def weights_digest(self) -> str:
+        return weights_digest(self.module)
+
+    def layer(self, name: str) -> LayerInfo:
+        return self.catalog[name]
+
+    def unit(self, address: str | UnitRef) -> UnitRef:
+        return self.catalog.unit(address)
+
+    def describe(self) -> str:
+        p = self.preprocessing
+        return (
+            f"{self.name} (weights: {self.weights}; device: {self.device}; input {p.input_size}px, "
+            f"mean {tuple(round(v, 3) for v in p.mean)}, std {tuple(round(v, 3) for v in p.std)})"
+        )
+
+
+def load_model(
+    source: str,
+    weights: str,
+    *,
+    preprocessing: Preprocessing | None = None,
+    device: str | torch.device | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> LoadedModel:
+    """Build `source` with `weights` ('none', a torchvision weight name, or a path/URL to a state dict).
+
+    Random init ('none') is seeded, so the same source and seed always give the same weights and
+    digest. Explicit `preprocessing` overrides what the weights or the builder declare.
+    """
+    parsed = sources.parse_source(source)
+    kind = sources.check_weights_kind(parsed, weights)
+    kwargs = dict(model_kwargs or {})
+    categories = None
+    target_device = pick_device(device)
+
+    if parsed.is_torchvision:
+        builder = sources.torchvision_builder(parsed.target)
+        declared = sources.default_preprocessing(parsed.target)
+        if kind == "torchvision":
+            enum_member = sources.resolve_torchvision_weights(parsed.target, weights)
+            declared = sources.preprocessing_from_weights(enum_member)
+            categories = list(enum_member.meta.get("categories") or []) or None
+            module = _build_with_torchvision_weights(builder, enum_member, kwargs, parsed.text)
+            weights_label = f"{type(enum_member).__name__}.{enum_member.name}"
+        else:
+            module = _build_random(builder, {**sources.random_init_kwargs(parsed.target), **kwargs}, seed, parsed.text)
+            weights_label = "none (random init)"
+    else:
+        builder = sources.python_callable(parsed.target)
+        module = _build_random(builder, kwargs, seed, parsed.text)
+        declared = _declared_preprocessing(module)
+        categories = getattr(module, "loupe_categories", None)
+        weights_label = "none (random init)"
+
+    if kind == "file":
+        state = read_state_dict(
+            weights, storage_options=storage_options, state_dict_key=state_dict_key, strip_prefix=strip_prefix
+        )
+        load_into(module, state, origin=f"from {weights}")
+        weights_label = weights
+
+    return LoadedModel(
+        module,
+        preprocessing=preprocessing or declared,
+        device=target_device,
+        name=parsed.text,
+        weights=weights_label,
+        categories=categories,
+    )
+
+
+def _build_random(builder, kwargs: dict, seed: int, source: str) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            if getattr(builder, "__module__", "").startswith("torchvision."):
+                module = builder(weights=None, **kwargs)
+            else:
+                module = builder(**kwargs)
+        except TypeError as exc:
+            raise ModelSourceError(f"model source '{source}' could not be built with {kwargs}: {exc}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelSourceError(f"model source '{source}' returned a {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def _build_with_torchvision_weights(builder, enum_member, kwargs: dict, source: str) -> nn.Module:
+    """Let torchvision build and load its own weights (downloaded to the torch hub cache on first use)."""
+    try:
+        return builder(weights=enum_member, **kwargs)
+    except (OSError, RuntimeError) as exc:
+        raise WeightsError(
+            f"torchvision weights {type(enum_member).__name__}.{enum_member.name} for {source} could not be "
+            f"loaded from {enum_member.url} (nor found in the torch hub cache): {exc}"
+        ) from None
+
+
+def _declared_preprocessing(module: nn.Module) -> Preprocessing:
+    """A user model may declare `loupe_preprocessing` (a Preprocessing or a dict of its fields)."""
+    declared = getattr(module, "loupe_preprocessing", None)
+    if isinstance(declared, Preprocessing):
+        return declared
+    if isinstance(declared, Mapping):
+        return Preprocessing(**declared)
+    return Preprocessing()
