@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jobs.atlas_commands import add_atlas_commands
 from jobs.model_commands import add_model_commands
 from pipeline.errors import LoupeError
+from storage.errors import StorageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_model_commands(subparsers)
+    add_atlas_commands(subparsers)
     return parser
 
 
@@ -22,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except LoupeError as exc:
+    except (LoupeError, StorageError) as exc:
         print(f"loupe: error: {exc}", file=sys.stderr)
         return 2
 

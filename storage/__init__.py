@@ -1,0 +1,30 @@
+"""Loupe's atlas store: versioned Zarr v3 arrays and Parquet tables on a local folder or any fsspec
+URL (S3 first), written by many workers at once and published atomically. No torch in here.
+
+Write side: `AtlasWriter.create(url, ...)` -> declare arrays -> `with writer.item(key) as item:`
+write renders / activations / tables -> `writer.reuse_items(...)` for unchanged items ->
+`writer.publish()`. Read side: `open_atlas(url)`. See docs/storage.md for the layout.
+"""
+
+from storage.activations import plan_image_chunks
+from storage.admin import VersionInfo, list_versions, prune
+from storage.errors import ChecksumError, PublishConflictError, StorageError, VersionNotFoundError
+from storage.preflight import check_writable
+from storage.reader import Atlas, open_atlas
+from storage.writer import AtlasWriter, ItemWriter
+
+__all__ = [
+    "Atlas",
+    "AtlasWriter",
+    "ChecksumError",
+    "ItemWriter",
+    "PublishConflictError",
+    "StorageError",
+    "VersionInfo",
+    "VersionNotFoundError",
+    "check_writable",
+    "list_versions",
+    "open_atlas",
+    "plan_image_chunks",
+    "prune",
+]

@@ -1,0 +1,100 @@
+"""Where every object of an atlas lives, relative to the atlas root (see docs/storage.md).
+
+All paths are '/'-separated and relative to the root URL; no I/O happens here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from storage.errors import StorageError
+
+FORMAT = "loupe-atlas/1"
+POINTER = "atlas.json"
+LOCK = ".atlas.lock"
+VERSIONS = "versions"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]{0,199}$")
+_VERSION = re.compile(r"^\d{8}T\d{9}Z-[0-9a-f]{8}$")
+
+
+def check_name(value: str, what: str) -> str:
+    """Reject names that cannot be used verbatim as path segments and hive partition values."""
+    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+        raise StorageError(
+            f"invalid {what} {value!r}: use 1-200 characters from letters, digits and '._+@-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def new_version_id(now: float | None = None) -> str:
+    """A version id that sorts by creation time and is unique across concurrent builds."""
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now * 1000) % 1000:03d}Z"
+    return f"{stamp}-{os.urandom(4).hex()}"
+
+
+def check_version_id(version: str) -> str:
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise StorageError(f"invalid version id {version!r} (expected e.g. 20260101T120000000Z-1a2b3c4d)")
+    return version
+
+
+def version_dir(version: str) -> str:
+    return f"{VERSIONS}/{version}"
+
+
+def draft_info(version: str) -> str:
+    """Written when a version is created: config, models, code version, base version."""
+    return f"{version_dir(version)}/version.json"
+
+
+def manifest(version: str) -> str:
+    return f"{version_dir(version)}/manifest.json"
+
+
+def checksums(version: str) -> str:
+    return f"{version_dir(version)}/checksums.json"
+
+
+def published_marker(version: str) -> str:
+    return f"{version_dir(version)}/published.json"
+
+
+def items_dir(version: str) -> str:
+    return f"{version_dir(version)}/items"
+
+
+def item_record(version: str, key: str) -> str:
+    return f"{items_dir(version)}/{check_name(key, 'work item key')}.json"
+
+
+def render_array(model: str, layer: str, kind: str) -> str:
+    """Zarr array of one kind's renders, relative to a version directory."""
+    return f"renders/{check_name(model, 'model')}/{check_name(layer, 'layer')}/{check_name(kind, 'render kind')}.zarr"
+
+
+def objective_array(model: str, layer: str, kind: str) -> str:
+    """Zarr array of the final objective value of each unit's render."""
+    return f"renders/{check_name(model, 'model')}/{check_name(layer, 'layer')}/{check_name(kind, 'render kind')}.objective.zarr"
+
+
+def activation_array(model: str, layer: str, pooling: str) -> str:
+    """Zarr array of pooled scan activations (images x channels)."""
+    return f"activations/{check_name(model, 'model')}/{check_name(layer, 'layer')}/{check_name(pooling, 'pooling')}.zarr"
+
+
+def table_part(table: str, key: str, model: str | None = None, layer: str | None = None) -> str:
+    """One Parquet file per work item; units/examples are hive-partitioned by model and layer."""
+    name = f"part-{check_name(key, 'work item key')}.parquet"
+    if model is None:
+        return f"tables/{table}/{name}"
+    return f"tables/{table}/model={check_name(model, 'model')}/layer={check_name(layer, 'layer')}/{name}"
+
+
+def partial(key: str, name: str) -> str:
+    """A work item's intermediate result, relative to a version directory (build state only)."""
+    return f"partials/{check_name(key, 'work item key')}/{check_name(name, 'partial name')}"

@@ -1,0 +1,157 @@
+"""Version manifests: what a complete version holds, built from its completion records at publish.
+
+The manifest is small (config, digests, counts, per-layer index, array metadata, table checksums);
+the full per-object checksum list lives beside it in checksums.json, whose SHA-256 the manifest
+records, and the manifest's own SHA-256 is recorded in the pointer. So one verified chain runs
+from atlas.json down to every stored byte.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable
+
+from storage import layout
+from storage.checksums import canonical_json, sha256
+from storage.completion import ItemRecord
+from storage.errors import StorageError
+
+STATUS_BUILDING = "building"
+STATUS_COMPLETE = "complete"
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def config_digest(config: Any) -> str:
+    return sha256(canonical_json(config))
+
+
+def to_ranges(values: Iterable[int]) -> list[list[int]]:
+    """[1,2,3,7] -> [[1,4],[7,8]] (half-open ranges), a compact form for unit and image sets."""
+    out: list[list[int]] = []
+    for v in sorted(set(values)):
+        if out and out[-1][1] == v:
+            out[-1][1] = v + 1
+        else:
+            out.append([v, v + 1])
+    return out
+
+
+def merge_ranges(ranges: Iterable[Iterable[int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for start, stop in sorted((int(a), int(b)) for a, b in ranges):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], stop)
+        else:
+            out.append([start, stop])
+    return out
+
+
+def range_count(ranges: list[list[int]]) -> int:
+    return sum(b - a for a, b in ranges)
+
+
+def build(draft: dict, records: list[ItemRecord], array_entries: dict[str, tuple[dict, dict]],
+          extra_objects: dict[str, dict]) -> tuple[dict, dict]:
+    """Return (manifest, checksums) for a version.
+
+    array_entries maps an array path to (checksum entry of its zarr.json, parsed metadata).
+    """
+    objects: dict[str, dict] = {}
+    owners: dict[str, str] = {}
+    layers: dict[str, dict[str, dict]] = {}
+    images_tables: dict[str, dict] = {}
+
+    def layer_entry(model: str, layer: str) -> dict:
+        return layers.setdefault(model, {}).setdefault(layer, {"renders": {}, "activations": {}, "tables": {}})
+
+    for record in sorted(records, key=lambda r: r.key):
+        for path, entry in record.objects.items():
+            if path in objects and objects[path]["sha256"] != entry["sha256"]:
+                raise StorageError(
+                    f"work items {owners[path]} and {record.key} both wrote {path} with different bytes; "
+                    "each shard or file must have exactly one writer"
+                )
+            objects[path] = entry
+            owners[path] = record.key
+        for cover in record.covers:
+            kind = cover["type"]
+            if kind == "renders":
+                entry = layer_entry(cover["model"], cover["layer"])["renders"].setdefault(
+                    cover["kind"], {"array": cover["array"], "objective": cover["objective"], "units": []})
+                entry["units"].append(cover["units"])
+            elif kind == "activations":
+                entry = layer_entry(cover["model"], cover["layer"])["activations"].setdefault(
+                    cover["pooling"], {"array": cover["array"], "images": []})
+                entry["images"].append(cover["images"])
+            elif kind == "table" and cover["table"] == "images":
+                images_tables[cover["path"]] = {**record.objects[cover["path"]], "rows": cover["rows"]}
+            elif kind == "table":
+                tables = layer_entry(cover["model"], cover["layer"])["tables"].setdefault(cover["table"], {})
+                tables[cover["path"]] = {**record.objects[cover["path"]], "rows": cover["rows"], "units": cover["units"]}
+
+    arrays_out = {}
+    for path, (entry, meta) in sorted(array_entries.items()):
+        objects[f"{path}/zarr.json"] = entry
+        arrays_out[path] = {**entry, "metadata": meta}
+    objects.update(extra_objects)
+
+    n_units_total = 0
+    render_units: dict[str, int] = {}
+    for model, by_layer in layers.items():
+        for layer, entry in by_layer.items():
+            units: list[list[int]] = []
+            for kind, render in entry["renders"].items():
+                render["units"] = merge_ranges(render["units"])
+                render["shape"] = arrays_out.get(render["array"], {}).get("metadata", {}).get("shape")
+                units += render["units"]
+                render_units[kind] = render_units.get(kind, 0) + range_count(render["units"])
+            for pooled in entry["activations"].values():
+                pooled["images"] = merge_ranges(pooled["images"])
+                pooled["shape"] = arrays_out.get(pooled["array"], {}).get("metadata", {}).get("shape")
+            for files in entry["tables"].values():
+                for info in files.values():
+                    units += info["units"]
+            entry["units"] = merge_ranges(units)
+            n_units_total += range_count(entry["units"])
+
+    checksums = dict(sorted(objects.items()))
+    manifest = {
+        "format": layout.FORMAT,
+        "version": draft["version"],
+        "status": STATUS_COMPLETE,
+        "created_at": draft.get("created_at"),
+        "sealed_at": utc_now(),
+        "base_version": draft.get("base_version"),
+        "config": draft.get("config"),
+        "config_sha256": draft.get("config_sha256"),
+        "models": draft.get("models") or {},
+        "code_version": draft.get("code_version"),
+        "counts": {
+            "items": len(records),
+            "objects": len(checksums),
+            "bytes": sum(e["size"] for e in checksums.values()),
+            "models": len(layers),
+            "layers": sum(len(v) for v in layers.values()),
+            "units": n_units_total,
+            "renders": render_units,
+            "images": sum(t["rows"] for t in images_tables.values()),
+        },
+        "layers": layers,
+        "images_tables": images_tables,
+        "arrays": arrays_out,
+    }
+    return manifest, checksums
+
+
+def parse(data: bytes, where: str) -> dict:
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        raise StorageError(f"unreadable manifest {where}: {exc}", url=where) from exc
+    if manifest.get("format") != layout.FORMAT:
+        raise StorageError(f"{where} is not a Loupe atlas manifest (format {manifest.get('format')!r})", url=where)
+    return manifest

@@ -1,0 +1,221 @@
+"""Reading a published atlas: `open_atlas(url)` pins one version, so a reader never mixes versions.
+
+Opening costs two requests (pointer, manifest). The manifest carries every array's metadata, so
+a unit's render costs two ranged GETs (shard index, then the unit's chunk) and a layer's grid one
+GET per shard. Whole objects (tables) are verified against their recorded SHA-256; chunk reads are
+verified by the CRC32C that every stored chunk and shard index carries.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import zarr
+
+from storage import arrays, checksums, layout, manifest as manifests, publish, renders, tables
+from storage.errors import ChecksumError, StorageError, VersionNotFoundError
+from storage.objects import ObjectStore
+from storage.urls import resolve
+
+
+def open_atlas(url: str, version: str | None = None, storage_options: Mapping[str, Any] | None = None) -> "Atlas":
+    """Open the published version of an atlas, or a given complete version."""
+    store = ObjectStore(resolve(url, storage_options))
+    if version is None:
+        pointer = publish.read_pointer(store)
+        if pointer is None:
+            raise VersionNotFoundError(f"atlas {url} has no published version (no {layout.POINTER})", url=url)
+        version = pointer["version"]
+        raw = store.get(layout.manifest(version), expected=pointer["manifest_sha256"])
+    else:
+        layout.check_version_id(version)
+        raw = store.get_optional(layout.manifest(version))
+        if raw is None:
+            state = "is still being built (not complete)" if store.exists(layout.draft_info(version)) else "does not exist"
+            raise VersionNotFoundError(f"version {version} of atlas {url} {state}", url=store.location.url_of(layout.version_dir(version)))
+    return Atlas(store, version, manifests.parse(raw, store.location.url_of(layout.manifest(version))))
+
+
+class Atlas:
+    """One complete version of an atlas, read-only."""
+
+    def __init__(self, store: ObjectStore, version: str, manifest: dict) -> None:
+        self.store = store
+        self.version = version
+        self.manifest = manifest
+        self._arrays: dict[str, zarr.Array] = {}
+        self._tables: dict[str, pa.Table] = {}
+
+    def __repr__(self) -> str:
+        return f"Atlas({self.store.location.url!r}, version={self.version!r})"
+
+    @property
+    def url(self) -> str:
+        return self.store.location.url
+
+    # ---- listing ----------------------------------------------------------------------
+    def models(self) -> list[str]:
+        return sorted(self.manifest["layers"])
+
+    def layers(self, model: str) -> list[str]:
+        return sorted(self._model(model))
+
+    def kinds(self, model: str, layer: str) -> list[str]:
+        return sorted(self._layer(model, layer)["renders"])
+
+    def units(self, model: str, layer: str) -> list[int]:
+        """Units with a render or statistics in this version."""
+        return [u for start, stop in self._layer(model, layer)["units"] for u in range(start, stop)]
+
+    def _model(self, model: str) -> dict:
+        try:
+            return self.manifest["layers"][model]
+        except KeyError:
+            raise StorageError(f"atlas {self.url} version {self.version} has no model {model!r}; models: {self.models()}") from None
+
+    def _layer(self, model: str, layer: str) -> dict:
+        by_layer = self._model(model)
+        if layer not in by_layer:
+            raise StorageError(f"atlas {self.url} version {self.version} has no layer {layer!r} in model {model!r}; "
+                               f"layers: {sorted(by_layer)}")
+        return by_layer[layer]
+
+    def _render_entry(self, model: str, layer: str, kind: str) -> dict:
+        entry = self._layer(model, layer)["renders"].get(kind)
+        if entry is None:
+            raise StorageError(f"atlas {self.url}: no {kind!r} renders for {model}/{layer}; kinds: {self.kinds(model, layer)}")
+        return entry
+
+    # ---- arrays -------------------------------------------------------------------------
+    @cached_property
+    def _zarr_store(self) -> Any:
+        location = self.store.location
+        root = location.url_of(layout.version_dir(self.version))
+        if location.is_local:
+            return zarr.storage.LocalStore(location.path(layout.version_dir(self.version)), read_only=True)
+        return zarr.storage.FsspecStore.from_url(root, storage_options=dict(location.options), read_only=True)
+
+    def array(self, path: str) -> zarr.Array:
+        """A stored Zarr array of this version by its path in the version (e.g. 'renders/m/l/channel.zarr')."""
+        if path not in self._arrays:
+            entry = self.manifest["arrays"].get(path)
+            if entry is None:
+                raise StorageError(f"atlas {self.url} version {self.version} has no array {path!r}")
+            self._arrays[path] = arrays.open_from_metadata(self._zarr_store, path, entry["metadata"])
+        return self._arrays[path]
+
+    def _object_url(self, path: str) -> str:
+        return self.store.location.url_of(f"{layout.version_dir(self.version)}/{path}")
+
+    def _read(self, array: zarr.Array, path: str, selection: Any, object_key: str | None) -> np.ndarray:
+        try:
+            return array[selection]
+        except Exception as exc:
+            url = self._object_url(f"{path}/{object_key}" if object_key else path)
+            text = str(exc)
+            if "checksum" in text.lower() or "crc" in text.lower():
+                raise ChecksumError(f"checksum mismatch in {url}: {text}", url=url) from exc
+            raise StorageError(f"cannot read {url}: {type(exc).__name__}: {text}", url=url) from exc
+
+    def _check_unit(self, entry: dict, unit: int, what: str) -> None:
+        if not any(start <= unit < stop for start, stop in entry["units"]):
+            raise StorageError(f"atlas {self.url}: unit {unit} has no {what} in version {self.version}")
+
+    def render(self, model: str, layer: str, unit: int, kind: str = "channel") -> np.ndarray:
+        """One unit's render as uint8 [H, W, 3] (or [S, H, W, 3] for multi-sample kinds)."""
+        entry = self._render_entry(model, layer, kind)
+        self._check_unit(entry, int(unit), f"{kind!r} render of {model}/{layer}")
+        array = self.array(entry["array"])
+        key = renders.shard_key(renders.geometry_from_metadata(self.manifest["arrays"][entry["array"]]["metadata"]), int(unit))
+        return self._read(array, entry["array"], int(unit), key)
+
+    def layer_renders(self, model: str, layer: str, kind: str = "channel") -> tuple[np.ndarray, np.ndarray]:
+        """All rendered units of a layer for a grid view: (unit indices, uint8 images [n, ...])."""
+        entry = self._render_entry(model, layer, kind)
+        array = self.array(entry["array"])
+        units = np.array([u for a, b in entry["units"] for u in range(a, b)], dtype=np.int64)
+        if len(entry["units"]) == 1:
+            start, stop = entry["units"][0]
+            images = self._read(array, entry["array"], slice(start, stop), None)
+        else:
+            images = np.concatenate([self._read(array, entry["array"], slice(a, b), None) for a, b in entry["units"]])
+        return units, images
+
+    def objective(self, model: str, layer: str, unit: int, kind: str = "channel") -> float | np.ndarray:
+        """The final objective value of a unit's render."""
+        entry = self._render_entry(model, layer, kind)
+        self._check_unit(entry, int(unit), f"{kind!r} render of {model}/{layer}")
+        value = self._read(self.array(entry["objective"]), entry["objective"], int(unit), None)
+        return float(value) if np.ndim(value) == 0 else value
+
+    def activations(self, model: str, layer: str, pooling: str = "max") -> zarr.Array:
+        """Pooled scan activations (images x channels) as a lazily read Zarr array."""
+        entry = self._layer(model, layer)["activations"].get(pooling)
+        if entry is None:
+            raise StorageError(f"atlas {self.url}: no {pooling!r} activations for {model}/{layer}")
+        return self.array(entry["array"])
+
+    # ---- tables -------------------------------------------------------------------------
+    def _table_files(self, files: Mapping[str, dict]) -> pa.Table | None:
+        parts = []
+        for path, entry in sorted(files.items()):
+            if path not in self._tables:
+                rel = f"{layout.version_dir(self.version)}/{path}"
+                self._tables[path] = tables.decode(self.store.get(rel, expected=entry))
+            parts.append(self._tables[path])
+        if not parts:
+            return None
+        return pa.concat_tables(parts, promote_options="permissive")
+
+    def units_table(self, model: str, layer: str) -> pa.Table:
+        """Per-unit rows of a layer (statistics from the scan, render facts from render items)."""
+        table = self._table_files(self._layer(model, layer)["tables"].get(tables.UNITS, {}))
+        if table is None:
+            raise StorageError(f"atlas {self.url}: no units table for {model}/{layer} in version {self.version}")
+        return table
+
+    def examples(self, model: str, layer: str, unit: int | None = None) -> pa.Table:
+        """Dataset example rows of a layer, or of one unit."""
+        table = self._table_files(self._layer(model, layer)["tables"].get(tables.EXAMPLES, {}))
+        if table is None:
+            raise StorageError(f"atlas {self.url}: no examples table for {model}/{layer} in version {self.version}")
+        if unit is None:
+            return table
+        return table.filter(pc.equal(table.column("unit"), int(unit)))
+
+    def stats(self, model: str, layer: str, unit: int) -> dict:
+        """A unit's statistics merged from every units-table row about it."""
+        table = self.units_table(model, layer)
+        rows = table.filter(pc.equal(table.column("unit"), int(unit))).to_pylist()
+        if not rows:
+            raise StorageError(f"atlas {self.url}: no statistics for unit {unit} of {model}/{layer}")
+        merged: dict = {}
+        for row in rows:
+            merged.update({k: v for k, v in row.items() if v is not None})
+        return merged
+
+    def images(self) -> pa.Table:
+        """The images table (image_id -> uri)."""
+        table = self._table_files(self.manifest.get("images_tables", {}))
+        if table is None:
+            raise StorageError(f"atlas {self.url}: no images table in version {self.version}")
+        return table
+
+    # ---- integrity ----------------------------------------------------------------------
+    def verify(self) -> int:
+        """Read every object of this version whole and check its SHA-256; returns the count checked."""
+        info = self.manifest["checksums"]
+        rel = f"{layout.version_dir(self.version)}/{info['path']}"
+        sums = json.loads(self.store.get(rel, expected=info))
+        paths = sorted(sums)
+        for start in range(0, len(paths), 256):
+            batch = paths[start:start + 256]
+            got = self.store.get_many([f"{layout.version_dir(self.version)}/{p}" for p in batch])
+            for path in batch:
+                checksums.verify(got[f"{layout.version_dir(self.version)}/{path}"], sums[path], self._object_url(path))
+        return len(paths)

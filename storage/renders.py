@@ -1,0 +1,115 @@
+"""Render arrays: per (model, layer, kind) a units x H x W x 3 uint8 Zarr v3 array, sharded so that
+one shard object holds exactly the units of one render work item, plus a float32 array of each
+unit's final objective value (one chunk per work item).
+
+A unit's index along the first axis is its channel index in the layer, so it stays stable when a
+config renders a different subset of units. Inner chunks hold one unit, so reading a unit costs a
+shard-index read plus one byte-range read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage import arrays
+from storage.errors import StorageError
+
+
+@dataclass(frozen=True)
+class RenderGeometry:
+    """Shape of one kind's render array for a layer."""
+
+    n_units: int
+    height: int
+    width: int
+    units_per_shard: int
+    samples: int | None = None  # images per unit (e.g. diversity); None means one image per unit
+
+    def validate(self, where: str) -> None:
+        for name in ("n_units", "height", "width", "units_per_shard"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise StorageError(f"{where}: {name} must be a positive integer, got {value!r}")
+        if self.samples is not None and (not isinstance(self.samples, (int, np.integer)) or self.samples < 1):
+            raise StorageError(f"{where}: samples must be a positive integer or None, got {self.samples!r}")
+
+    @property
+    def unit_shape(self) -> tuple[int, ...]:
+        base = (self.height, self.width, 3)
+        return base if self.samples is None else (self.samples, *base)
+
+
+def images_metadata(geometry: RenderGeometry, attributes: dict) -> bytes:
+    g = geometry
+    dims = ["unit", "y", "x", "rgb"] if g.samples is None else ["unit", "sample", "y", "x", "rgb"]
+    return arrays.metadata_bytes(
+        shape=(g.n_units, *g.unit_shape),
+        dtype="uint8",
+        chunks=(1, *g.unit_shape),
+        shards=(g.units_per_shard, *g.unit_shape),
+        dimension_names=dims,
+        attributes=attributes,
+    )
+
+
+def objective_metadata(geometry: RenderGeometry, attributes: dict) -> bytes:
+    g = geometry
+    extra = () if g.samples is None else (g.samples,)
+    dims = ["unit"] if g.samples is None else ["unit", "sample"]
+    return arrays.metadata_bytes(
+        shape=(g.n_units, *extra),
+        dtype="float32",
+        chunks=(g.units_per_shard, *extra),
+        shards=None,
+        dimension_names=dims,
+        attributes=attributes,
+        fill_value=float("nan"),
+    )
+
+
+def geometry_from_metadata(meta: dict) -> RenderGeometry:
+    shape = meta["shape"]
+    shard = arrays.outer_chunk_shape(meta)
+    if len(shape) == 4:
+        return RenderGeometry(shape[0], shape[1], shape[2], shard[0])
+    return RenderGeometry(shape[0], shape[2], shape[3], shard[0], samples=shape[1])
+
+
+def check_block(geometry: RenderGeometry, unit_start: int, images: np.ndarray, objective: np.ndarray, where: str) -> None:
+    """A block must be uint8 images of the declared size, inside one shard of the array."""
+    g = geometry
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise StorageError(f"{where}: images must be a uint8 numpy array, got {getattr(images, 'dtype', type(images))}")
+    if images.ndim != 1 + len(g.unit_shape) or tuple(images.shape[1:]) != g.unit_shape:
+        raise StorageError(f"{where}: images must have shape [n, {', '.join(map(str, g.unit_shape))}], got {list(images.shape)}")
+    count = images.shape[0]
+    stop = unit_start + count
+    if count < 1 or unit_start < 0 or stop > g.n_units:
+        raise StorageError(f"{where}: units {unit_start}..{stop - 1} are outside the layer's {g.n_units} units")
+    if unit_start // g.units_per_shard != (stop - 1) // g.units_per_shard:
+        raise StorageError(
+            f"{where}: units {unit_start}..{stop - 1} span more than one shard of {g.units_per_shard} units; "
+            "a render work item must cover units inside one shard"
+        )
+    expected = (count,) if g.samples is None else (count, g.samples)
+    if np.shape(objective) != expected:
+        raise StorageError(f"{where}: objective values must have shape {list(expected)}, got {list(np.shape(objective))}")
+
+
+def encode_block(images_meta: bytes, objective_meta: bytes, unit_start: int, images: np.ndarray,
+                 objective: np.ndarray) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """Encoded shard object(s) of the images array and chunk object(s) of the objective array."""
+    stop = unit_start + images.shape[0]
+    image_objects = arrays.encode_region(images_meta, (slice(unit_start, stop),), images)
+    objective_objects = arrays.encode_region(
+        objective_meta, (slice(unit_start, stop),), np.asarray(objective, dtype=np.float32)
+    )
+    return image_objects, objective_objects
+
+
+def shard_key(geometry: RenderGeometry, unit: int) -> str:
+    """Object key (inside the array) of the shard holding a unit."""
+    index = (unit // geometry.units_per_shard,) + (0,) * len(geometry.unit_shape)
+    return "c/" + "/".join(map(str, index))

@@ -1,0 +1,379 @@
+"""Writing a new atlas version: declare arrays, write work items, reuse finished items, publish.
+
+One `AtlasWriter` per build (driver side) and one per worker process are fine: all state lives in
+storage. Every work item goes through `writer.item(key)`; its data objects are uploaded first and
+its completion record last, so a record's presence means the item is fully written.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from storage import activations, arrays, checksums, layout, manifest, publish, renders, tables
+from storage.checksums import canonical_json
+from storage.completion import ItemRecord
+from storage.errors import StorageError, VersionNotFoundError
+from storage.objects import ObjectStore
+from storage.urls import resolve
+
+_UNSET: Any = object()
+
+
+class AtlasWriter:
+    """Writer for one unpublished version of the atlas at `url`."""
+
+    def __init__(self, store: ObjectStore, version: str, draft: dict) -> None:
+        self.store = store
+        self.version = version
+        self.draft = draft
+        self._meta_cache: dict[str, bytes] = {}
+
+    # ---- creating and resuming -------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        models: Mapping[str, Mapping[str, Any]] | None = None,
+        code_version: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        base_version: str | None = _UNSET,
+    ) -> "AtlasWriter":
+        """Start a new version. `base_version` defaults to the version published now; publish
+        succeeds only if the pointer still names it (compare-and-swap)."""
+        store = ObjectStore(resolve(url, storage_options))
+        if base_version is _UNSET:
+            current = publish.read_pointer(store)
+            base_version = current["version"] if current else None
+        version = layout.new_version_id()
+        config_json = json.loads(canonical_json(dict(config or {})))
+        draft = {
+            "format": layout.FORMAT,
+            "version": version,
+            "status": manifest.STATUS_BUILDING,
+            "created_at": manifest.utc_now(),
+            "base_version": base_version,
+            "config": config_json,
+            "config_sha256": manifest.config_digest(config_json),
+            "models": json.loads(canonical_json(dict(models or {}))),
+            "code_version": code_version,
+        }
+        store.put(layout.draft_info(version), canonical_json(draft))
+        return cls(store, version, draft)
+
+    @classmethod
+    def resume(cls, url: str, version: str, storage_options: Mapping[str, Any] | None = None) -> "AtlasWriter":
+        """Reopen an unpublished version (for example after the build driver was restarted)."""
+        layout.check_version_id(version)
+        store = ObjectStore(resolve(url, storage_options))
+        raw = store.get_optional(layout.draft_info(version))
+        if raw is None:
+            raise VersionNotFoundError(f"no version {version} in atlas {url}", url=store.location.url_of(layout.version_dir(version)))
+        if store.exists(layout.manifest(version)):
+            raise StorageError(f"version {version} of atlas {url} is already sealed; start a new version instead", url=url)
+        return cls(store, version, json.loads(raw))
+
+    @property
+    def url(self) -> str:
+        return self.store.location.url
+
+    @property
+    def base_version(self) -> str | None:
+        return self.draft.get("base_version")
+
+    def _rel(self, path: str) -> str:
+        return f"{layout.version_dir(self.version)}/{path}"
+
+    # ---- arrays ---------------------------------------------------------------------------
+    def _declare(self, path: str, meta: bytes) -> None:
+        rel = self._rel(f"{path}/{arrays.METADATA_KEY}")
+        existing = self._meta_cache.get(path) or self.store.get_optional(rel)
+        if existing is not None and existing != meta:
+            raise StorageError(
+                f"array {self.store.location.url_of(rel)} was already declared with a different shape or layout "
+                "in this version", url=self.store.location.url_of(rel))
+        if existing is None:
+            self.store.put(rel, meta)
+        self._meta_cache[path] = meta
+
+    def declare_renders(self, model: str, layer: str, kind: str, *, n_units: int, height: int, width: int,
+                        units_per_shard: int, samples: int | None = None) -> None:
+        """Create (idempotently) the render and objective arrays of one kind for a layer.
+
+        n_units is the layer's channel count: a unit's index is its channel index. Call once,
+        from the build driver, before any item writes renders of this kind.
+        """
+        geometry = renders.RenderGeometry(n_units, height, width, units_per_shard, samples)
+        geometry.validate(f"renders of {model}/{layer}/{kind}")
+        attrs = {"loupe": {"model": model, "layer": layer, "kind": kind}}
+        self._declare(layout.render_array(model, layer, kind), renders.images_metadata(geometry, attrs))
+        self._declare(layout.objective_array(model, layer, kind), renders.objective_metadata(geometry, attrs))
+
+    def declare_activations(self, model: str, layer: str, *, n_images: int, n_channels: int,
+                            images_per_chunk: int, dtype: str = "float16",
+                            poolings: Sequence[str] = activations.POOLINGS) -> None:
+        """Create (idempotently) the pooled-activation arrays (images x channels) for a layer."""
+        for pooling in poolings:
+            if pooling not in activations.POOLINGS:
+                raise StorageError(f"unknown pooling {pooling!r} for {model}/{layer}; expected one of {activations.POOLINGS}")
+            attrs = {"loupe": {"model": model, "layer": layer, "pooling": pooling}}
+            meta = activations.metadata(n_images, n_channels, images_per_chunk, dtype, attrs)
+            self._declare(layout.activation_array(model, layer, pooling), meta)
+
+    def array_metadata(self, path: str) -> bytes:
+        """zarr.json bytes of a declared array of this version (cached per process)."""
+        if path not in self._meta_cache:
+            raw = self.store.get_optional(self._rel(f"{path}/{arrays.METADATA_KEY}"))
+            if raw is None:
+                raise StorageError(
+                    f"array {self.store.location.url_of(self._rel(path))} is not declared in version {self.version}; "
+                    "call declare_renders/declare_activations first", url=self.store.location.url_of(self._rel(path)))
+            self._meta_cache[path] = raw
+        return self._meta_cache[path]
+
+    # ---- work items -----------------------------------------------------------------------
+    def item(self, key: str, meta: Mapping[str, Any] | None = None) -> "ItemWriter":
+        """Open a work item; use as a context manager, or call commit() after the writes."""
+        layout.check_name(key, "work item key")
+        return ItemWriter(self, key, dict(meta or {}))
+
+    def is_complete(self, key: str) -> bool:
+        """Whether a work item's completion record exists in this version (one request)."""
+        return self.store.exists(layout.item_record(self.version, key))
+
+    def completed_items(self) -> set[str]:
+        """Keys of every completed work item in this version (one paginated LIST)."""
+        return _item_keys(self.store, self.version)
+
+    def item_record(self, key: str) -> ItemRecord | None:
+        raw = self.store.get_optional(layout.item_record(self.version, key))
+        return None if raw is None else ItemRecord.from_bytes(raw, self.store.location.url_of(layout.item_record(self.version, key)))
+
+    def read_partial(self, key: str, name: str) -> bytes:
+        """Read back a completed item's partial, verified against the checksum in its record."""
+        record = self.item_record(key)
+        path = layout.partial(key, name)
+        if record is None or path not in record.objects:
+            url = self.store.location.url_of(self._rel(path))
+            raise StorageError(f"work item {key} has no completed partial {name!r} ({url})", url=url)
+        return self.store.get(self._rel(path), record.objects[path])
+
+    def reuse_items(self, keys: Iterable[str], source: str | None = _UNSET) -> set[str]:
+        """Copy finished items from another version instead of recomputing them.
+
+        `source` defaults to the published version; any version with completion records works,
+        including an unpublished one left by an interrupted build. Items are copied object by
+        object (server-side on S3) and their record is written last. Returns the keys reused;
+        items missing from the source, or whose arrays have a different layout here, are not.
+        """
+        if source is _UNSET:
+            pointer = publish.read_pointer(self.store)
+            source = pointer["version"] if pointer else None
+        if source is None or source == self.version:
+            return set()
+        layout.check_version_id(source)
+        wanted = set(keys) - self.completed_items()
+        available = sorted(wanted & _item_keys(self.store, source))
+        if not available:
+            return set()
+        raw = self.store.get_many([layout.item_record(source, k) for k in available])
+        reusable: list[ItemRecord] = []
+        for key in available:
+            where = self.store.location.url_of(layout.item_record(source, key))
+            record = ItemRecord.from_bytes(raw[layout.item_record(source, key)], where)
+            if self._same_layout(record):
+                reusable.append(record)
+        reused: set[str] = set()
+        for batch_start in range(0, len(reusable), 256):
+            batch = reusable[batch_start:batch_start + 256]
+            pairs = [(f"{layout.version_dir(source)}/{p}", self._rel(p)) for r in batch for p in r.objects]
+            try:
+                self.store.copy_many(pairs)
+            except StorageError:
+                batch = [r for r in batch if self._copy_one(source, r)]
+            self.store.copy_many([(layout.item_record(source, r.key), layout.item_record(self.version, r.key)) for r in batch])
+            reused.update(r.key for r in batch)
+        return reused
+
+    def _copy_one(self, source: str, record: ItemRecord) -> bool:
+        try:
+            self.store.copy_many([(f"{layout.version_dir(source)}/{p}", self._rel(p)) for p in record.objects])
+            return True
+        except StorageError:
+            return False
+
+    def _same_layout(self, record: ItemRecord) -> bool:
+        for path, fingerprint in record.arrays.items():
+            try:
+                meta = json.loads(self.array_metadata(path))
+            except StorageError:
+                return False
+            if json.loads(canonical_json(arrays.layout_fingerprint(meta))) != fingerprint:
+                return False
+        return True
+
+    # ---- publishing -----------------------------------------------------------------------
+    def publish(self, expected_items: Iterable[str] | None = None) -> dict:
+        """Seal this version (manifest + checksums) and swap the pointer to it, last.
+
+        With `expected_items`, refuses to publish unless every one of them is complete.
+        Raises PublishConflictError if another build published since this version was created;
+        this version then stays complete and intact, but unpublished.
+        """
+        store, version = self.store, self.version
+        keys = sorted(self.completed_items())
+        if expected_items is not None:
+            missing = sorted(set(expected_items) - set(keys))
+            if missing:
+                raise StorageError(
+                    f"cannot publish version {version} of {self.url}: {len(missing)} work item(s) are not complete, "
+                    f"e.g. {', '.join(missing[:5])}", url=self.url)
+        raw = store.get_many([layout.item_record(version, k) for k in keys])
+        records = [ItemRecord.from_bytes(raw[layout.item_record(version, k)], store.location.url_of(layout.item_record(version, k)))
+                   for k in keys]
+        listing = store.list_files(layout.version_dir(version))
+        prefix = layout.version_dir(version) + "/"
+        for record in records:
+            for path, entry in record.objects.items():
+                size = listing.get(prefix + path)
+                if size is None or size != entry["size"]:
+                    url = store.location.url_of(prefix + path)
+                    raise StorageError(f"work item {record.key}: object {url} is missing or has the wrong size", url=url)
+        meta_paths = sorted(p[len(prefix):-len("/zarr.json")] for p in listing
+                            if p.startswith(prefix) and p.endswith("/zarr.json"))
+        meta_raw = store.get_many([prefix + p + "/zarr.json" for p in meta_paths])
+        array_entries = {p: (checksums.entry(meta_raw[prefix + p + "/zarr.json"]),
+                             json.loads(meta_raw[prefix + p + "/zarr.json"])) for p in meta_paths}
+        draft_bytes = store.get(layout.draft_info(version))
+        extra = {"version.json": checksums.entry(draft_bytes)}
+        built, sums = manifest.build(self.draft, records, array_entries, extra)
+        sums_bytes = canonical_json(sums)
+        built["checksums"] = {"path": "checksums.json", **checksums.entry(sums_bytes)}
+        manifest_bytes = canonical_json(built)
+        store.put(layout.checksums(version), sums_bytes)
+        store.put(layout.manifest(version), manifest_bytes)
+        pointer = {
+            "format": layout.FORMAT,
+            "version": version,
+            "manifest": layout.manifest(version),
+            "manifest_sha256": checksums.sha256(manifest_bytes),
+            "previous": self.base_version,
+            "published_at": manifest.utc_now(),
+        }
+        publish.swap_pointer(store, self.base_version, pointer)
+        store.put(layout.published_marker(version), canonical_json(pointer))
+        return built
+
+
+class ItemWriter:
+    """Writes one work item's objects, then its completion record (on commit or clean exit)."""
+
+    def __init__(self, writer: AtlasWriter, key: str, meta: dict) -> None:
+        self.writer = writer
+        self.key = key
+        self.record = ItemRecord(key=key, meta=json.loads(canonical_json(meta)))
+        self._committed = False
+
+    def __enter__(self) -> "ItemWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self._committed:
+            self.commit()
+
+    def _put(self, path: str, data: bytes) -> None:
+        self.record.objects[path] = self.writer.store.put(self.writer._rel(path), data)
+
+    def _track_array(self, path: str, meta: bytes) -> None:
+        self.record.arrays[path] = json.loads(canonical_json(arrays.layout_fingerprint(json.loads(meta))))
+
+    def write_render_block(self, model: str, layer: str, kind: str, unit_start: int, images: np.ndarray,
+                           objective: np.ndarray | Sequence[float]) -> None:
+        """Write renders of units unit_start.. (uint8 [n, H, W, 3], or [n, S, H, W, 3] with samples)
+        and their final objective values ([n] or [n, S]); the units must lie inside one shard."""
+        where = f"work item {self.key}: renders of {model}/{layer}/{kind}"
+        images_path = layout.render_array(model, layer, kind)
+        objective_path = layout.objective_array(model, layer, kind)
+        images_meta = self.writer.array_metadata(images_path)
+        objective_meta = self.writer.array_metadata(objective_path)
+        geometry = renders.geometry_from_metadata(json.loads(images_meta))
+        objective = np.asarray(objective, dtype=np.float32)
+        renders.check_block(geometry, int(unit_start), images, objective, where)
+        image_objs, objective_objs = renders.encode_block(images_meta, objective_meta, int(unit_start), images, objective)
+        for key, data in image_objs.items():
+            self._put(f"{images_path}/{key}", data)
+        for key, data in objective_objs.items():
+            self._put(f"{objective_path}/{key}", data)
+        self._track_array(images_path, images_meta)
+        self._track_array(objective_path, objective_meta)
+        self.record.covers.append({"type": "renders", "model": model, "layer": layer, "kind": kind,
+                                   "array": images_path, "objective": objective_path,
+                                   "units": [int(unit_start), int(unit_start) + int(images.shape[0])]})
+
+    def write_activations(self, model: str, layer: str, image_start: int, **pooled: np.ndarray) -> None:
+        """Write a scan shard's pooled activations, e.g. max=[n, C], mean=[n, C], for images
+        image_start..; the range must be aligned to the array's chunks (see plan_image_chunks)."""
+        if not pooled:
+            raise StorageError(f"work item {self.key}: write_activations for {model}/{layer} got no arrays")
+        for pooling, values in pooled.items():
+            where = f"work item {self.key}: {pooling} activations of {model}/{layer}"
+            path = layout.activation_array(model, layer, pooling)
+            meta_bytes = self.writer.array_metadata(path)
+            meta = json.loads(meta_bytes)
+            values = np.asarray(values)
+            activations.check_chunk(meta, int(image_start), values, where)
+            for key, data in activations.encode_chunk(meta_bytes, meta["data_type"], int(image_start), values).items():
+                self._put(f"{path}/{key}", data)
+            self._track_array(path, meta_bytes)
+            self.record.covers.append({"type": "activations", "model": model, "layer": layer, "pooling": pooling,
+                                       "array": path, "images": [int(image_start), int(image_start) + len(values)]})
+
+    def _write_table(self, name: str, table: pa.Table, model: str | None, layer: str | None) -> None:
+        where = f"work item {self.key}: {name} table" + (f" of {model}/{layer}" if model else "")
+        table = tables.prepare(table, name, model, layer, where)
+        path = layout.table_part(name, self.key, model, layer)
+        self._put(path, tables.encode(table))
+        cover = {"type": "table", "table": name, "path": path, "rows": table.num_rows}
+        if model is not None:
+            cover.update(model=model, layer=layer, units=manifest.to_ranges(tables.unit_range(table)))
+        self.record.covers.append(cover)
+
+    def write_units(self, model: str, layer: str, table: pa.Table) -> None:
+        """Per-unit statistics (one row per unit; needs an integer 'unit' column)."""
+        self._write_table(tables.UNITS, table, model, layer)
+
+    def write_examples(self, model: str, layer: str, table: pa.Table) -> None:
+        """Dataset example rows (unit, top/bottom, rank, image id, value, y, x, crop box ...)."""
+        self._write_table(tables.EXAMPLES, table, model, layer)
+
+    def write_images(self, table: pa.Table) -> None:
+        """Image id -> URI rows (needs 'image_id' and 'uri' columns)."""
+        self._write_table(tables.IMAGES, table, None, None)
+
+    def write_partial(self, name: str, data: bytes) -> None:
+        """An intermediate result of this item (e.g. a scan shard's mergeable top-k) for a later reduce.
+
+        Partials are checksummed and copied with the item on reuse like any other object, but
+        readers never see them: they are build state, not atlas content.
+        """
+        self._put(layout.partial(self.key, name), bytes(data))
+        self.record.covers.append({"type": "partial", "name": name})
+
+    def commit(self) -> None:
+        """Write the completion record; after this the item counts as done."""
+        if self._committed:
+            return
+        self.writer.store.put(layout.item_record(self.writer.version, self.key), self.record.to_bytes())
+        self._committed = True
+
+
+def _item_keys(store: ObjectStore, version: str) -> set[str]:
+    files = store.list_files(layout.items_dir(version))
+    prefix = layout.items_dir(version) + "/"
+    return {p[len(prefix):-len(".json")] for p in files if p.startswith(prefix) and p.endswith(".json")
+            and "/" not in p[len(prefix):] and not p[len(prefix):].startswith(".")}

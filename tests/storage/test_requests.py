@@ -1,0 +1,43 @@
+"""Request counts on S3: a unit costs a constant number of requests, writes one PUT per object."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from atlas_samples import N_UNITS, S3Requests, Target, write_small
+from storage import AtlasWriter, open_atlas
+
+
+@pytest.fixture
+def s3_target(s3_bucket, s3_options) -> Target:
+    return Target("s3", f"s3://{s3_bucket}/atlases/counted", s3_options)
+
+
+def test_one_unit_costs_two_requests_and_a_grid_one_per_shard(s3_target):
+    writer = AtlasWriter.create(s3_target.url, storage_options=s3_target.options)
+    built = write_small(writer)
+    writer.publish()
+    with S3Requests() as requests:
+        atlas = open_atlas(s3_target.url, storage_options=s3_target.options)
+        assert len(requests.sent) == 2  # pointer + manifest
+        for unit in (0, 5, 9):
+            requests.clear()
+            np.testing.assert_array_equal(atlas.render("net", "conv1", unit), built.images[unit])
+            assert [m for m, _, _ in requests.sent] == ["GET", "GET"]  # shard index, then the unit's chunk
+            assert all(r is not None for _, _, r in requests.sent)  # both are byte ranges
+        requests.clear()
+        atlas.layer_renders("net", "conv1")
+        full_shards = N_UNITS // 4
+        # Full shards come in one GET each; the partial last shard reads its index and its units.
+        assert len(requests.sent) == full_shards + 1 + (N_UNITS % 4)
+
+
+def test_a_render_item_writes_one_put_per_object_and_no_reads(s3_target):
+    writer = AtlasWriter.create(s3_target.url, storage_options=s3_target.options)
+    write_small(writer)  # declares arrays and caches their metadata
+    with S3Requests() as requests:
+        with writer.item("again") as item:
+            item.write_render_block("net", "conv1", "channel", 4, np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4))
+    methods = [m for m, _, _ in requests.sent]
+    assert methods == ["PUT", "PUT", "PUT"]  # images shard, objective chunk, completion record
