@@ -6,7 +6,9 @@ import argparse
 import sys
 
 from jobs.atlas_commands import add_atlas_commands
+from jobs.build_atlas import add_build_arguments, run as run_build
 from jobs.model_commands import add_model_commands
+from jobs.sample_images import add_sample_images_command
 from pipeline.errors import LoupeError
 from storage.errors import StorageError
 
@@ -18,6 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_model_commands(subparsers)
     add_atlas_commands(subparsers)
+    build = subparsers.add_parser("build", help="build and publish an atlas from a config file (the main job)")
+    add_build_arguments(build)
+    build.set_defaults(func=run_build)
+    add_sample_images_command(subparsers)
     return parser
 
 

@@ -7,7 +7,7 @@ write renders / activations / tables -> `writer.reuse_items(...)` for unchanged 
 """
 
 from storage.activations import plan_image_chunks
-from storage.admin import VersionInfo, list_versions, prune
+from storage.admin import VersionInfo, current_version, item_keys, list_versions, prune
 from storage.errors import ChecksumError, PublishConflictError, StorageError, VersionNotFoundError
 from storage.preflight import check_writable
 from storage.reader import Atlas, open_atlas
@@ -23,6 +23,8 @@ __all__ = [
     "VersionInfo",
     "VersionNotFoundError",
     "check_writable",
+    "current_version",
+    "item_keys",
     "list_versions",
     "open_atlas",
     "plan_image_chunks",

@@ -79,3 +79,17 @@ def prune(url: str, keep: int, storage_options: Mapping[str, Any] | None = None,
             store.delete(layout.manifest(version))
             store.delete_tree(layout.version_dir(version))
     return sorted(doomed)
+
+
+def current_version(url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """The version the pointer names now, or None for an atlas never published."""
+    pointer = publish.read_pointer(ObjectStore(resolve(url, storage_options)))
+    return pointer["version"] if pointer else None
+
+
+def item_keys(url: str, version: str, storage_options: Mapping[str, Any] | None = None) -> set[str]:
+    """Keys of the completed work items of a version (one paginated LIST), for incremental builds."""
+    from storage.writer import _item_keys
+
+    layout.check_version_id(version)
+    return _item_keys(ObjectStore(resolve(url, storage_options)), version)

@@ -1,0 +1,162 @@
+"""Execute work items: in-process (no Ray) or on a pool of warm Ray actors per model.
+
+The Ray executor keeps a bounded number of items in flight per actor, retries failed items
+(an actor that dies is restarted by Ray and its item resubmitted; writes are idempotent, so a
+retry never duplicates anything), and reports each finished item to the progress bar.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from jobs.config import ResourcesConfig
+from jobs.plan import WorkItem
+from jobs.runner import ItemRunner
+from pipeline.errors import LoupeError
+
+Finished = Callable[[WorkItem, dict[str, Any]], None]
+
+
+@dataclass
+class Outcome:
+    results: dict[str, dict[str, Any]]
+    failed: dict[str, str]
+
+
+def run_in_process(items: Sequence[WorkItem], runner_args: dict[str, Any], on_finished: Finished,
+                   max_retries: int = 0) -> Outcome:
+    """One warm runner in this process; the reference execution for tests and benchmarks."""
+    if not items:
+        return Outcome({}, {})
+    runner = ItemRunner(**runner_args)
+    results, failed = {}, {}
+    for item in items:
+        for attempt in range(max_retries + 1):
+            try:
+                results[item.key] = runner.run(item)
+                on_finished(item, results[item.key])
+                failed.pop(item.key, None)
+                break
+            except Exception as exc:  # reported per item; the build decides whether to publish
+                failed[item.key] = f"{type(exc).__name__}: {exc}"
+    return Outcome(results, failed)
+
+
+@dataclass(frozen=True)
+class ActorShape:
+    """How big each actor is and how many fit."""
+
+    count: int
+    num_gpus: float
+    num_cpus: float
+
+
+def actor_shape(resources: ResourcesConfig, cluster: dict[str, float], n_items: int) -> ActorShape:
+    """Size the pool from the cluster's resources: GPUs when there are any, else CPUs (if allowed)."""
+    gpus = float(cluster.get("GPU", 0))
+    cpus = float(cluster.get("CPU", 0))
+    per_gpu_actor = 1.0 / resources.actors_per_gpu if resources.actors_per_gpu > 1 else resources.gpus_per_actor
+    if gpus >= 1e-6:
+        count = int(gpus / per_gpu_actor + 1e-9)
+        shape = ActorShape(count, per_gpu_actor, min(resources.cpus_per_actor, max(cpus / max(count, 1), 0.01)))
+    elif not resources.cpu_fallback:
+        # An autoscaling GPU cluster shows no GPU until actors ask for one: ask for the whole pool.
+        if resources.max_actors is None:
+            raise LoupeError(
+                "resources: the Ray cluster has no GPUs now and cpu_fallback is false; set resources.max_actors "
+                "so the autoscaler knows how many GPU actors to start, or allow cpu_fallback"
+            )
+        shape = ActorShape(resources.max_actors, per_gpu_actor, resources.cpus_per_actor)
+    else:
+        count = int(cpus / resources.cpus_per_actor + 1e-9)
+        shape = ActorShape(count, 0.0, resources.cpus_per_actor)
+    count = max(1, min(shape.count, n_items, resources.max_actors or shape.count))
+    return ActorShape(count, shape.num_gpus, shape.num_cpus)
+
+
+def run_on_ray(items: Sequence[WorkItem], runner_args: dict[str, Any], on_finished: Finished,
+               resources: ResourcesConfig) -> Outcome:
+    """A pool of warm actors for one model, fed so each has at most `max_in_flight_per_actor` items."""
+    import ray
+
+    if not items:
+        return Outcome({}, {})
+    shape = actor_shape(resources, ray.cluster_resources(), len(items))
+    remote_runner = ray.remote(ItemRunner).options(
+        num_gpus=shape.num_gpus,
+        num_cpus=shape.num_cpus,
+        max_restarts=-1,
+        max_task_retries=resources.max_retries,
+    )
+    threads = max(1, int(shape.num_cpus)) if shape.num_gpus == 0 else None
+    actors = [remote_runner.remote(**runner_args, threads=threads) for _ in range(shape.count)]
+    pending = list(reversed(items))
+    attempts: dict[str, int] = {}
+    in_flight: dict[Any, tuple[WorkItem, Any]] = {}
+    load = {i: 0 for i in range(len(actors))}
+    results, failed = {}, {}
+
+    def submit(index: int) -> None:
+        item = pending.pop()
+        ref = actors[index].run.remote(item)
+        in_flight[ref] = (item, index)
+        load[index] += 1
+
+    try:
+        for index in range(len(actors)):
+            for _ in range(resources.max_in_flight_per_actor):
+                if pending:
+                    submit(index)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            item, index = in_flight.pop(ready[0])
+            load[index] -= 1
+            try:
+                result = ray.get(ready[0])
+            except Exception as exc:  # actor died beyond its retries, or the item raised
+                attempts[item.key] = attempts.get(item.key, 0) + 1
+                if attempts[item.key] <= resources.max_retries:
+                    pending.append(item)
+                else:
+                    failed[item.key] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            else:
+                results[item.key] = result
+                on_finished(item, result)
+            while pending and load[index] < resources.max_in_flight_per_actor:
+                submit(index)
+            for other in range(len(actors)):
+                while pending and load[other] < resources.max_in_flight_per_actor:
+                    submit(other)
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+    return Outcome(results, failed)
+
+
+def connect_ray(address: str | None, num_cpus: int | None = None) -> str:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray pinned to 127.0.0.1."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return "already connected"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return f"Ray cluster at {address}"
+    # Keep a local Ray on loopback: Ray otherwise swaps 127.0.0.1 for the machine's routable address.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    started = time.perf_counter()
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        num_cpus=num_cpus,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+    return f"local Ray on 127.0.0.1 ({time.perf_counter() - started:.1f} s to start)"

@@ -1,0 +1,136 @@
+"""Check a parsed config against the real models: sources, weights names, layers and units.
+
+Runs before any compute. All problems are collected and reported together, each with its field
+path, so a user fixes a config in one round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from jobs.config import (
+    BuildConfig,
+    ConfigError,
+    LayerConfig,
+    ModelConfig,
+    RenderKindConfig,
+    format_validation_error,
+    parse_units,
+)
+from pipeline.errors import LoupeError
+from pipeline.models import LayerInfo, LoadedModel, Preprocessing, load_model
+from pipeline.models.sources import check_weights_kind, parse_source
+
+
+@dataclass
+class ResolvedLayer:
+    """One layer to build: its catalog entry, the units chosen, and its render settings per kind."""
+
+    info: LayerInfo
+    units: list[int]
+    render: dict[str, RenderKindConfig]
+
+
+@dataclass
+class ResolvedModel:
+    config: ModelConfig
+    index: int
+    model: LoadedModel
+    layers: list[ResolvedLayer] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+
+def preprocessing_of(config: ModelConfig) -> Preprocessing | None:
+    """The config's explicit preprocessing, or None to use what the weights/builder declare."""
+    p = config.preprocessing
+    if p is None:
+        return None
+    size = p.input_size or 224
+    if p.range is not None:
+        return Preprocessing.from_range(p.range[0], p.range[1], input_size=size, resize_size=p.resize_size or 0)
+    if p.mean is not None:
+        return Preprocessing(mean=p.mean, std=p.std, input_size=size, resize_size=p.resize_size or 0)
+    return Preprocessing(input_size=size, resize_size=p.resize_size or 0)
+
+
+def build_model(config: ModelConfig, *, with_weights: bool, device: str | None = None) -> LoadedModel:
+    """Load a configured model; without weights only the architecture is built (for validation)."""
+    return load_model(
+        config.source,
+        config.weights if with_weights else "none",
+        preprocessing=preprocessing_of(config),
+        device=device,
+        storage_options=config.storage_options,
+        state_dict_key=config.state_dict_key,
+        strip_prefix=config.strip_prefix,
+        model_kwargs=config.model_kwargs,
+    )
+
+
+def resolve_build(config: BuildConfig, *, with_weights: bool, device: str | None = None) -> list[ResolvedModel]:
+    """Resolve every model, layer and unit of `config`; raise one ConfigError listing all problems."""
+    problems: list[str] = []
+    resolved: list[ResolvedModel] = []
+    for index, model_config in enumerate(config.models):
+        where = f"models[{index}]"
+        try:
+            check_weights_kind(parse_source(model_config.source), model_config.weights)
+            model = build_model(model_config, with_weights=with_weights, device=device)
+        except LoupeError as exc:
+            problems.append(f"{where} ({model_config.id}): {exc}")
+            continue
+        entry = ResolvedModel(model_config, index, model)
+        layer_configs = model_config.layer_configs()
+        if layer_configs is None:
+            layer_configs = [LayerConfig(name=info.name, units=model_config.units) for info in model.catalog]
+            paths = [f"{where}.layers (all: {c.name})" for c in layer_configs]
+        else:
+            paths = [f"{where}.layers[{i}]" for i in range(len(layer_configs))]
+        seen: set[str] = set()
+        for path, layer_config in zip(paths, layer_configs):
+            try:
+                entry.layers.append(_resolve_layer(config, model, layer_config, path, seen))
+            except (LoupeError, ConfigError) as exc:
+                problems.append(f"{path}: {exc}" if not str(exc).startswith(path) else str(exc))
+        resolved.append(entry)
+    if problems:
+        raise ConfigError(f"config has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return resolved
+
+
+def _resolve_layer(config: BuildConfig, model: LoadedModel, layer: LayerConfig, path: str, seen: set[str]) -> ResolvedLayer:
+    info = model.layer(layer.name)
+    if info.name in seen:
+        raise ConfigError(f"{path}: layer '{info.name}' is listed twice")
+    seen.add(info.name)
+    units = parse_units(layer.units, info.channels, f"{path}.units")
+    if not units:
+        raise ConfigError(f"{path}.units: no units selected")
+    kinds = {}
+    for kind, base in config.render.enabled_kinds().items():
+        override = layer.render.get(kind, {})
+        kinds[kind] = _merged(base, override, f"{path}.render.{kind}")
+    for kind, override in layer.render.items():
+        if kind not in kinds and override.get("enabled"):
+            kinds[kind] = _merged(getattr(config.render, kind), override, f"{path}.render.{kind}")
+    kinds = {k: v for k, v in kinds.items() if v.enabled}
+    if "diversity" in kinds and kinds["diversity"].images < 2:
+        raise ConfigError(f"{path}.render.diversity.images: a diversity set needs at least 2 images per unit")
+    if any(k in ("neuron",) for k in kinds) and info.layout not in ("NCHW", "NLC"):
+        kinds.pop("neuron")
+    return ResolvedLayer(info, units, kinds)
+
+
+def _merged(base: RenderKindConfig, override: dict[str, Any], path: str) -> RenderKindConfig:
+    if not override:
+        return base
+    try:
+        return RenderKindConfig.model_validate({**base.model_dump(), **override})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path).replace("\n  ", " ").replace(" has 1 error(s):", "")) from None
