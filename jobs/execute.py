@@ -139,16 +139,16 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> str:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray pinned to 127.0.0.1."""
     import os
 
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        pin_local_ray_to_loopback()
     import ray
 
     if ray.is_initialized():
         return "already connected"
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         return f"Ray cluster at {address}"
-    # Keep a local Ray on loopback: Ray otherwise swaps 127.0.0.1 for the machine's routable address.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     started = time.perf_counter()
     ray.init(
         address="local",
@@ -160,3 +160,19 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> str:
         logging_level="WARNING",
     )
     return f"local Ray on 127.0.0.1 ({time.perf_counter() - started:.1f} s to start)"
+
+
+def pin_local_ray_to_loopback() -> None:
+    """Make a single-node Ray bind every service to 127.0.0.1.
+
+    Ray replaces a 127.0.0.1 node address with the machine's routable one unless multi-node
+    clustering is off (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`); that flag is read when Ray is
+    imported, so it is also applied to an already imported Ray. Child processes inherit it.
+    """
+    import os
+    import sys
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False

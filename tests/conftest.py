@@ -82,3 +82,17 @@ def s3_bucket(s3_endpoint: str) -> str:
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     client.create_bucket(Bucket="loupe-test")
     return "loupe-test"
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """A real local Ray for this test session, pinned to 127.0.0.1 and shut down at the end."""
+    import ray
+
+    from jobs.execute import connect_ray
+
+    connect_ray(None, num_cpus=2)
+    try:
+        yield
+    finally:
+        ray.shutdown()

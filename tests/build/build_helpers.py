@@ -8,7 +8,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from storage import open_atlas
+from storage import StorageError, open_atlas
 
 TINY_MODEL = "pipeline.models.cifar_resnet:resnet20"
 
@@ -59,8 +59,10 @@ def atlas_snapshot(url: str, storage_options: dict | None = None) -> dict:
             for kind in atlas.kinds(model, layer):
                 units, images = atlas.layer_renders(model, layer, kind)
                 snapshot[(model, layer, kind)] = (units.tolist(), images.tobytes())
-            units = atlas.units_table(model, layer)
-            examples = atlas.examples(model, layer)
+            try:
+                units, examples = atlas.units_table(model, layer), atlas.examples(model, layer)
+            except StorageError:  # a build without a scan has no tables
+                units = examples = None
             snapshot[(model, layer, "units")] = units.sort_by("unit").to_pylist() if units is not None else None
             snapshot[(model, layer, "examples")] = (
                 examples.sort_by([("unit", "ascending"), ("kind", "ascending"), ("rank", "ascending")]).to_pylist()
