@@ -60,6 +60,7 @@ def run_build(
     device: str | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
+    threads: int | None = None,
 ) -> BuildSummary:
     """Build and publish the atlas `config` describes; returns what happened."""
     started = time.perf_counter()
@@ -106,7 +107,7 @@ def run_build(
                 continue
             if any(i.key in summary.failed for i in model_items if i.stage != "reduce") and stage_items is reduce:
                 continue
-            outcome = _execute(stage_items, model, plan, writer, config, executor, progress, desc, summary)
+            outcome = _execute(stage_items, model, plan, writer, config, executor, progress, desc, summary, threads)
             summary.failed += sorted(outcome.failed)
             for key, reason in sorted(outcome.failed.items()):
                 log(f"item {key} failed: {reason}")
@@ -124,7 +125,7 @@ def run_build(
     return summary
 
 
-def _execute(items, model, plan, writer, config, executor, progress, desc, summary) -> execute.Outcome:
+def _execute(items, model, plan, writer, config, executor, progress, desc, summary, threads) -> execute.Outcome:
     runner_args = {
         "model_config": model.config.model_dump(mode="json"),
         "atlas_url": config.atlas.url,
@@ -149,7 +150,7 @@ def _execute(items, model, plan, writer, config, executor, progress, desc, summa
     try:
         if executor == "ray":
             return execute.run_on_ray(items, runner_args, finished, config.resources)
-        return execute.run_in_process(items, runner_args, finished, config.resources.max_retries)
+        return execute.run_in_process(items, {**runner_args, "threads": threads}, finished, config.resources.max_retries)
     finally:
         bar.close()
 
