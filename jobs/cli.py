@@ -9,6 +9,7 @@ from jobs.atlas_commands import add_atlas_commands
 from jobs.build_atlas import add_build_arguments, run as run_build
 from jobs.model_commands import add_model_commands
 from jobs.sample_images import add_sample_images_command
+from jobs.scan_command import add_scan_command
 from pipeline.errors import LoupeError
 from storage.errors import StorageError
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_build_arguments(build)
     build.set_defaults(func=run_build)
     add_sample_images_command(subparsers)
+    add_scan_command(subparsers)
     return parser
 
 

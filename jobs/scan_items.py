@@ -37,6 +37,13 @@ def scan_context(scan: ScanConfig | None, listing: Listing | None) -> dict[str, 
     return {"dataset_storage_options": scan.dataset.storage_options, "listing_fingerprint": listing.fingerprint}
 
 
+def receptive_fields(model: ResolvedModel) -> dict:
+    """Exact crop boxes of every scanned layer (a few seconds of probe forwards, once per build)."""
+    from pipeline.scan import probe_receptive_fields
+
+    return probe_receptive_fields(model.model, scanned_layers(model))
+
+
 def scanned_layers(model: ResolvedModel) -> list[str]:
     return [layer.info.name for layer in model.layers]
 
@@ -108,7 +115,8 @@ def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
     options = ScanOptions(k=spec["k"], pooled=spec["pooled"], chunk_images=spec["chunk_images"])
     key = (tuple(spec["layers"]), options)
     if getattr(runner, "_scanner_key", None) != key:
-        runner._scanner = Scanner(runner.model, spec["layers"], options)
+        fields = (runner.scan_context or {}).get("receptive_fields")
+        runner._scanner = Scanner(runner.model, spec["layers"], options, receptive_fields=fields)
         runner._scanner_key = key
     context = runner.scan_context or {}
     model_id = runner.config.id

@@ -1,0 +1,31 @@
+"""Datasets for scans: list once, shard by position, decode in parallel, skip bad images.
+
+    listing = list_images("s3://bucket/imagenet/val/", storage_options=opts)
+    listing.save("s3://bucket/atlas/listing.parquet")          # planner, once
+    shard = Listing.load(url).shard(count=64, index=7)          # each worker
+    for batch in iter_batches(shard, 224, 256): ...             # uint8 RGB, in order
+"""
+
+from pipeline.data.decode import ImageDecodeError, decode_image, resize_and_crop
+from pipeline.data.errors import DatasetError
+from pipeline.data.listing import FOLDER, PARQUET, Listing, shard_bounds
+from pipeline.data.loader import Batch, ImageReader, LoaderOptions, SkippedImage, iter_batches
+from pipeline.data.sources import IMAGE_EXTENSIONS, list_images
+
+__all__ = [
+    "FOLDER",
+    "IMAGE_EXTENSIONS",
+    "PARQUET",
+    "Batch",
+    "DatasetError",
+    "ImageDecodeError",
+    "ImageReader",
+    "Listing",
+    "LoaderOptions",
+    "SkippedImage",
+    "decode_image",
+    "iter_batches",
+    "list_images",
+    "resize_and_crop",
+    "shard_bounds",
+]

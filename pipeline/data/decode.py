@@ -1,0 +1,84 @@
+"""Turn encoded image bytes into the model's input: decode, resize, centre-crop, uint8 RGB.
+
+This is torchvision's eval recipe (`Resize(resize_size)` on the shorter side, then
+`CenterCrop(input_size)`) done with Pillow alone, so a scan sees exactly what users expect.
+EXIF orientation is applied first, as image viewers do, so crop boxes match what people see.
+A file that cannot become an image raises `ImageDecodeError` with a short reason; callers skip
+it and count it, never fail.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageDecodeError(Exception):
+    """One image could not be decoded; `reason` says why in a few words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_image(data: bytes | None, input_size: int, resize_size: int) -> np.ndarray:
+    """Decode `data` into a (3, input_size, input_size) uint8 RGB array, or raise ImageDecodeError."""
+    if data is None or len(data) == 0:
+        raise ImageDecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                ImageOps.exif_transpose(image, in_place=True)
+                rgb = image.convert("RGB")
+    except UnidentifiedImageError:
+        if _has_image_signature(data):
+            raise ImageDecodeError("truncated or corrupt (image header present, contents unreadable)") from None
+        raise ImageDecodeError("not an image (unrecognized format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"truncated or corrupt ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop a scan
+        raise ImageDecodeError(f"decoder failed ({type(exc).__name__}: {exc})") from None
+    return resize_and_crop(rgb, input_size, resize_size)
+
+
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _has_image_signature(data: bytes) -> bool:
+    """Whether `data` starts like a known image format (so it is damaged, not something else)."""
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def resize_and_crop(image: Image.Image, input_size: int, resize_size: int) -> np.ndarray:
+    """Shorter side to `resize_size` (bilinear, antialiased), centre crop `input_size`, as CHW uint8."""
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError("image has no pixels")
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resize_size, int(resize_size * long / short)
+    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    if size != image.size:
+        image = image.resize(size, Image.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return center_crop(array, input_size).transpose(2, 0, 1).copy()
+
+
+def center_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's CenterCrop on an HWC array: zero padding when the image is smaller."""
+    height, width = array.shape[:2]
+    if height < size or width < size:
+        pad_h, pad_w = max(size - height, 0), max(size - width, 0)
+        array = np.pad(
+            array, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)), mode="constant"
+        )
+        height, width = array.shape[:2]
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return array[top:top + size, left:left + size]

@@ -1,0 +1,211 @@
+"""Read, decode and batch a listing's images in parallel worker processes, in listing order.
+
+Each work item is a whole batch of consecutive images, so one worker fetches its files together
+(concurrent requests on object stores, one row-group read for Parquet) and decodes them with
+Pillow. Images that cannot be read or decoded are returned as skipped, with id and reason,
+never as an exception: one bad file must not stop a scan of millions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.data.decode import ImageDecodeError, decode_image
+from pipeline.data.errors import DatasetError
+from pipeline.data.listing import FOLDER, Listing
+from pipeline.data.sources import filesystem
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How images are fed: batch size, decoding worker processes (0 = decode in this process)."""
+
+    batch_size: int = 64
+    workers: int = 2
+    prefetch_batches: int = 2
+    multiprocessing_context: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "prefetch_batches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise DatasetError(f"loader.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise DatasetError(f"loader.workers must be an integer >= 0, got {self.workers!r}")
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An image the scan could not use, and why."""
+
+    position: int
+    image_id: str
+    reason: str
+
+
+@dataclass
+class Batch:
+    """Decoded images at global `positions`, covering listing positions [start, stop)."""
+
+    start: int
+    stop: int
+    positions: np.ndarray  # int64 (n,)
+    keys: np.ndarray  # int64 (n,) id ranks, for tie-breaking
+    images: torch.Tensor  # uint8 (n, 3, size, size) RGB
+    skipped: list[SkippedImage] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+
+class ImageReader:
+    """Fetches the encoded bytes of listing entries; filesystems are opened lazily per process.
+
+    fsspec filesystems (s3fs especially) are not fork-safe, so a reader pickled or forked into a
+    worker opens its own on first use.
+    """
+
+    def __init__(self, listing: Listing, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.listing = listing
+        self.storage_options = dict(storage_options or {})
+        self._fs = None
+        self._fs_pid: int | None = None
+        self._root = ""
+        self._parquet_files: dict[int, Any] = {}
+        self._row_group_cache: tuple[tuple[int, int], Any] | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_fs=None, _fs_pid=None, _parquet_files={}, _row_group_cache=None)
+        return state
+
+    def _filesystem(self):
+        if self._fs is None or self._fs_pid != os.getpid():
+            self._fs, self._root = filesystem(self.listing.root, self.storage_options)
+            self._root = self._root.rstrip("/")
+            self._fs_pid = os.getpid()
+            self._parquet_files = {}
+            self._row_group_cache = None
+        return self._fs
+
+    def read(self, local: np.ndarray) -> list[bytes | None | BaseException]:
+        """Bytes (or None for a null Parquet cell, or the exception) for each local offset."""
+        fs = self._filesystem()
+        if self.listing.kind == FOLDER:
+            paths = self.listing.table.column("path").take(local).to_pylist()
+            full = [f"{self._root}/{p}" for p in paths]
+            return list(fs.cat_ranges(full, None, None, on_error="return"))
+        files = self.listing.table.column("file").take(local).to_numpy()
+        rows = self.listing.table.column("row").take(local).to_numpy()
+        out: list[bytes | None | BaseException] = []
+        for file_number, row in zip(files.tolist(), rows.tolist()):
+            try:
+                out.append(self._parquet_cell(fs, file_number, row))
+            except Exception as exc:  # noqa: BLE001 - reported per image by the caller
+                out.append(exc)
+        return out
+
+    def _parquet_cell(self, fs, file_number: int, row: int) -> bytes | None:
+        import pyarrow.parquet as pq
+
+        if file_number not in self._parquet_files:
+            handle = fs.open(f"{self._root}/{self.listing.files[file_number]}", "rb")
+            parquet = pq.ParquetFile(handle)
+            sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+            self._parquet_files[file_number] = (parquet, np.cumsum([0, *sizes]))
+        parquet, offsets = self._parquet_files[file_number]
+        group = int(np.searchsorted(offsets, row, side="right") - 1)
+        cache_key = (file_number, group)
+        if self._row_group_cache is None or self._row_group_cache[0] != cache_key:
+            column = parquet.read_row_group(group, columns=[self.listing.image_column]).column(0).combine_chunks()
+            if pa.types.is_struct(column.type):
+                column = column.field("bytes")
+            self._row_group_cache = (cache_key, column)
+        return self._row_group_cache[1][row - int(offsets[group])].as_py()
+
+
+class _BatchDataset(Dataset):
+    """Item i = decoded batch i of the listing (consecutive positions)."""
+
+    def __init__(self, listing: Listing, input_size: int, resize_size: int, batch_size: int,
+                 storage_options: Mapping[str, Any] | None) -> None:
+        self.reader = ImageReader(listing, storage_options)
+        self.listing = listing
+        self.input_size = input_size
+        self.resize_size = resize_size
+        self.batch_size = batch_size
+        self.keys = listing.keys
+
+    def __len__(self) -> int:
+        return -(-len(self.listing) // self.batch_size)
+
+    def __getitem__(self, index: int) -> dict:
+        lo = index * self.batch_size
+        hi = min(lo + self.batch_size, len(self.listing))
+        local = np.arange(lo, hi, dtype=np.int64)
+        contents = self.reader.read(local)
+        images, kept, skipped = [], [], []
+        for offset, content in zip(local.tolist(), contents):
+            try:
+                if isinstance(content, BaseException):
+                    raise ImageDecodeError(f"read failed ({type(content).__name__}: {content})")
+                images.append(decode_image(content, self.input_size, self.resize_size))
+                kept.append(offset)
+            except ImageDecodeError as exc:
+                skipped.append((offset, exc.reason))
+        kept_array = np.asarray(kept, dtype=np.int64)
+        skipped_ids = self.listing.ids([s[0] for s in skipped]) if skipped else []
+        size = self.input_size
+        stacked = np.stack(images) if images else np.zeros((0, 3, size, size), dtype=np.uint8)
+        return {
+            "start": self.listing.start + lo,
+            "stop": self.listing.start + hi,
+            "positions": torch.from_numpy(kept_array + self.listing.start),
+            "keys": torch.from_numpy(self.keys[kept_array]),
+            "images": torch.from_numpy(stacked),
+            "skipped": [(self.listing.start + o, i, r) for (o, r), i in zip(skipped, skipped_ids)],
+        }
+
+
+def _as_is(item: dict) -> dict:
+    return item
+
+
+def iter_batches(
+    listing: Listing,
+    input_size: int,
+    resize_size: int,
+    *,
+    options: LoaderOptions = LoaderOptions(),
+    storage_options: Mapping[str, Any] | None = None,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """Decoded batches of `listing` in order; bad images come back in `Batch.skipped`."""
+    dataset = _BatchDataset(listing, input_size, resize_size, options.batch_size, storage_options)
+    workers = min(options.workers, len(dataset))
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_is,
+        pin_memory=pin_memory,
+        prefetch_factor=options.prefetch_batches if workers else None,
+        multiprocessing_context=options.multiprocessing_context if workers else None,
+    )
+    for item in loader:
+        yield Batch(
+            start=int(item["start"]),
+            stop=int(item["stop"]),
+            positions=item["positions"].numpy(),
+            keys=item["keys"].numpy(),
+            images=item["images"],
+            skipped=[SkippedImage(int(p), str(i), str(r)) for p, i, r in item["skipped"]],
+        )

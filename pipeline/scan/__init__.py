@@ -1,0 +1,34 @@
+"""Dataset scans: top/bottom examples, positions, crop boxes and statistics for every unit in one pass.
+
+    listing = list_images("s3://bucket/val/", storage_options=opts).shard(64, 7, align=1024)
+    result = scan_dataset(model, listing, ["features.10", "features.14"], on_chunk=sink)
+    merged = merge_results(shard_results)          # any order, same result as one pass
+    merged.units_table(); merged.examples_table()  # Arrow tables for storage
+"""
+
+from pipeline.scan.chunks import POOLINGS, SPATIAL, ActivationChunk, ChunkCollector, ChunkSink
+from pipeline.scan.receptive_field import ReceptiveField, probe_receptive_fields
+from pipeline.scan.result import QUANTILES, Examples, LayerResult, MergeError, ScanResult, merge_results
+from pipeline.scan.run import scan_dataset
+from pipeline.scan.scanner import ScanError, ScanOptions, ScanProgress, Scanner
+
+__all__ = [
+    "POOLINGS",
+    "QUANTILES",
+    "SPATIAL",
+    "ActivationChunk",
+    "ChunkCollector",
+    "ChunkSink",
+    "Examples",
+    "LayerResult",
+    "MergeError",
+    "ReceptiveField",
+    "ScanError",
+    "ScanOptions",
+    "ScanProgress",
+    "ScanResult",
+    "Scanner",
+    "merge_results",
+    "probe_receptive_fields",
+    "scan_dataset",
+]

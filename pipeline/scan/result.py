@@ -1,0 +1,350 @@
+"""What a scan leaves behind: per-unit examples and statistics, compact, picklable and mergeable.
+
+A `ScanResult` holds only numpy arrays and plain Python values (a few MB for thousands of
+units), so a Ray worker can return it cheaply. Results of disjoint shards of one listing merge
+associatively and commutatively into exactly the result of a single pass over their union:
+
+- top-k/bottom-k: the k largest int64 sort keys of both sides (value, then image id; see keys.py);
+- sums: integer superaccumulators added exactly (exact_sum.py); counts and sketch buckets added;
+- skipped images and covered ranges: united (merging a shard twice is an error, not a double count).
+
+`units_table`, `examples_table`, `skipped_table` and `sketch_table` give Arrow tables ready for
+storage; statistics are also available as numpy arrays through `LayerResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.data.loader import SkippedImage
+from pipeline.errors import LoupeError
+from pipeline.scan import exact_sum, sketch
+from pipeline.scan.accumulate import STATISTICS
+from pipeline.scan.keys import PAD, decode_values
+from pipeline.scan.layout import positions_count, to_yx
+
+RESULT_FORMAT = 1
+QUANTILES = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
+
+
+class MergeError(LoupeError):
+    """Two scan results cannot be merged (different model, listing, settings, or overlapping shards)."""
+
+
+@dataclass(eq=False)
+class Examples:
+    """k example slots per unit, best first; empty slots have key PAD and index -1."""
+
+    keys: np.ndarray  # int64 (C, k)
+    image_index: np.ndarray  # int64 (C, k): global listing position
+    position: np.ndarray  # int64 (C, k): flattened position of the max in the feature map
+    box: np.ndarray  # int32 (C, k, 4): (y0, x0, y1, x1) crop box in input pixels
+
+    def values(self, bottom: bool) -> np.ndarray:
+        return decode_values(self.keys, bottom)
+
+    def filled(self) -> np.ndarray:
+        return self.keys != PAD
+
+
+@dataclass(eq=False)
+class LayerResult:
+    """Per-unit results of one layer; arrays are indexed by unit (channel)."""
+
+    layer: str
+    layout: str
+    channels: int
+    spatial: tuple[int, ...]
+    top: Examples
+    bottom: Examples
+    images: np.ndarray  # int64 (C,): images with finite activations
+    nonfinite: np.ndarray  # int64 (C,): images skipped by the statistics (NaN/inf)
+    sums: np.ndarray  # int64 (4, C, LIMBS): exact sums of STATISTICS, normalized
+    max_positive: np.ndarray  # int64 (C,): images whose max is > 0
+    sketch_unit: np.ndarray  # int64 (n,), sorted with sketch_bucket
+    sketch_bucket: np.ndarray  # int64 (n,)
+    sketch_count: np.ndarray  # int64 (n,)
+
+    @property
+    def positions(self) -> int:
+        return positions_count(self.spatial)
+
+    def totals(self) -> dict[str, np.ndarray]:
+        """float64 sums over images of each statistic in STATISTICS."""
+        values = exact_sum.to_float(self.sums)
+        return {name: values[i] for i, name in enumerate(STATISTICS)}
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        """Per-unit statistics as float64 arrays (NaN for units that saw no finite image)."""
+        totals = self.totals()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = self.images.astype(np.float64)
+            max_mean = totals["max"] / n
+            act_mean = totals["mean"] / n
+            stats = {
+                "images": self.images,
+                "nonfinite_images": self.nonfinite,
+                "act_mean": act_mean,
+                "act_std": np.sqrt(np.maximum(totals["mean_squared"] / n - act_mean**2, 0.0)),
+                "max_mean": max_mean,
+                "max_std": np.sqrt(np.maximum(totals["max_squared"] / n - max_mean**2, 0.0)),
+                "max_min": self.bottom.values(bottom=True)[:, 0].astype(np.float64),
+                "max_max": self.top.values(bottom=False)[:, 0].astype(np.float64),
+                "max_frac_positive": self.max_positive / n,
+            }
+        quantiles = self.quantiles(QUANTILES, stats["max_min"], stats["max_max"])
+        for i, q in enumerate(QUANTILES):
+            stats[f"max_p{round(q * 100):02d}"] = quantiles[:, i]
+        return stats
+
+    def quantiles(self, qs: Sequence[float], low: np.ndarray | None = None, high: np.ndarray | None = None) -> np.ndarray:
+        """(C, len(qs)) quantiles of per-image maxima from the sketch (1% relative accuracy)."""
+        low = self.bottom.values(bottom=True)[:, 0] if low is None else low
+        high = self.top.values(bottom=False)[:, 0] if high is None else high
+        return sketch.quantiles(self.sketch_unit, self.sketch_bucket, self.sketch_count, self.channels,
+                                np.asarray(qs, dtype=np.float64), low, high)
+
+
+@dataclass(eq=False)
+class ScanResult:
+    """A scan of listing positions `ranges` by one model over `layers`; see the module docstring."""
+
+    model: str
+    weights_digest: str
+    listing: str  # fingerprint of the full listing
+    input_size: int
+    k: int
+    ranges: tuple[tuple[int, int], ...]
+    scanned: int
+    skipped: tuple[SkippedImage, ...]
+    image_ids: dict[int, str]
+    layers: dict[str, LayerResult]
+    format: int = field(default=RESULT_FORMAT)
+
+    # ---- merging ----------------------------------------------------------------------------
+    def merge(self, other: "ScanResult") -> "ScanResult":
+        """The result of scanning both results' images in one pass."""
+        _check_compatible(self, other)
+        ranges = _united_ranges(self.ranges, other.ranges)
+        layers = {name: _merge_layer(self.layers[name], other.layers[name], self.k) for name in self.layers}
+        referenced = set()
+        for layer in layers.values():
+            for part in (layer.top, layer.bottom):
+                referenced.update(part.image_index[part.image_index >= 0].tolist())
+        ids = {**self.image_ids, **other.image_ids}
+        return replace(
+            self,
+            ranges=ranges,
+            scanned=self.scanned + other.scanned,
+            skipped=tuple(sorted((*self.skipped, *other.skipped), key=lambda s: s.position)),
+            image_ids={p: ids[p] for p in sorted(referenced)},
+            layers=layers,
+        )
+
+    def equals(self, other: "ScanResult") -> bool:
+        """True when both results hold exactly the same data (bit for bit)."""
+        if not isinstance(other, ScanResult):
+            return False
+        plain = ("model", "weights_digest", "listing", "input_size", "k", "ranges", "scanned", "skipped",
+                 "image_ids", "format")
+        if any(getattr(self, f) != getattr(other, f) for f in plain) or list(self.layers) != list(other.layers):
+            return False
+        return all(_layer_equal(self.layers[n], other.layers[n]) for n in self.layers)
+
+    # ---- tables -----------------------------------------------------------------------------
+    def units_table(self) -> pa.Table:
+        """One row per (layer, unit): counts, activation and max statistics, quantiles of maxima."""
+        tables = []
+        for name, layer in self.layers.items():
+            stats = layer.statistics()
+            columns = {"model": [self.model] * layer.channels, "layer": [name] * layer.channels,
+                       "unit": np.arange(layer.channels, dtype=np.int32)}
+            columns.update(stats)
+            tables.append(pa.table(columns))
+        return _concat(tables, _UNITS_SCHEMA)
+
+    def examples_table(self) -> pa.Table:
+        """One row per filled example slot: model, layer, unit, kind, rank, image, value, y, x, crop box."""
+        tables = []
+        for name, layer in self.layers.items():
+            for kind, part in (("top", layer.top), ("bottom", layer.bottom)):
+                unit, rank = np.nonzero(part.filled())
+                position = part.position[unit, rank]
+                y, x = to_yx(position, layer.spatial)
+                box = part.box[unit, rank]
+                index = part.image_index[unit, rank]
+                tables.append(pa.table({
+                    "model": pa.array([self.model] * len(unit), pa.string()),
+                    "layer": pa.array([name] * len(unit), pa.string()),
+                    "unit": pa.array(unit.astype(np.int32)),
+                    "kind": pa.array([kind] * len(unit), pa.string()),
+                    "rank": pa.array(rank.astype(np.int16)),
+                    "image_index": pa.array(index),
+                    "image_id": pa.array([self.image_ids[i] for i in index.tolist()], pa.string()),
+                    "value": pa.array(part.values(kind == "bottom")[unit, rank]),
+                    "position": pa.array(position),
+                    "y": pa.array(y.astype(np.int32)),
+                    "x": pa.array(x.astype(np.int32)),
+                    "crop_y0": pa.array(box[:, 0].astype(np.int32)),
+                    "crop_x0": pa.array(box[:, 1].astype(np.int32)),
+                    "crop_y1": pa.array(box[:, 2].astype(np.int32)),
+                    "crop_x1": pa.array(box[:, 3].astype(np.int32)),
+                }))
+        return _concat(tables, _EXAMPLES_SCHEMA)
+
+    def skipped_table(self) -> pa.Table:
+        return pa.table({
+            "image_index": pa.array([s.position for s in self.skipped], pa.int64()),
+            "image_id": pa.array([s.image_id for s in self.skipped], pa.string()),
+            "reason": pa.array([s.reason for s in self.skipped], pa.string()),
+        })
+
+    def sketch_table(self) -> pa.Table:
+        """The quantile sketch of per-image maxima as (layer, unit, bucket, count, lower, upper) rows."""
+        tables = []
+        for name, layer in self.layers.items():
+            lower, upper = sketch.bucket_bounds(layer.sketch_bucket)
+            tables.append(pa.table({
+                "model": pa.array([self.model] * len(lower), pa.string()),
+                "layer": pa.array([name] * len(lower), pa.string()),
+                "unit": pa.array(layer.sketch_unit.astype(np.int32)),
+                "bucket": pa.array(layer.sketch_bucket.astype(np.int32)),
+                "count": pa.array(layer.sketch_count),
+                "lower": pa.array(lower),
+                "upper": pa.array(upper),
+            }))
+        return _concat(tables, _SKETCH_SCHEMA)
+
+    # ---- reporting --------------------------------------------------------------------------
+    @property
+    def images_covered(self) -> int:
+        return sum(b - a for a, b in self.ranges)
+
+    def summary(self) -> str:
+        reasons: dict[str, int] = {}
+        for s in self.skipped:
+            reasons[s.reason.split(" (")[0]] = reasons.get(s.reason.split(" (")[0], 0) + 1
+        skipped = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) or "none"
+        units = sum(layer.channels for layer in self.layers.values())
+        return (
+            f"{self.model}: scanned {self.scanned} of {self.images_covered} images "
+            f"(skipped: {skipped}); {len(self.layers)} layers, {units} units, top/bottom {self.k}"
+        )
+
+
+def merge_results(results: Iterable[ScanResult]) -> ScanResult:
+    """Fold any number of shard results (in any order) into one."""
+    iterator = iter(results)
+    try:
+        merged = next(iterator)
+    except StopIteration:
+        raise MergeError("merge_results needs at least one scan result") from None
+    for result in iterator:
+        merged = merged.merge(result)
+    return merged
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def _check_compatible(a: ScanResult, b: ScanResult) -> None:
+    for name in ("format", "model", "weights_digest", "listing", "input_size", "k"):
+        if getattr(a, name) != getattr(b, name):
+            raise MergeError(f"cannot merge scan results with different {name}: {getattr(a, name)!r} vs {getattr(b, name)!r}")
+    if list(a.layers) != list(b.layers):
+        raise MergeError(f"cannot merge scan results of different layers: {list(a.layers)} vs {list(b.layers)}")
+    for name, layer in a.layers.items():
+        other = b.layers[name]
+        if (layer.channels, layer.spatial) != (other.channels, other.spatial):
+            raise MergeError(f"layer {name} has shape {(layer.channels, *layer.spatial)} in one result "
+                             f"and {(other.channels, *other.spatial)} in the other")
+
+
+def _united_ranges(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    ranges = sorted(r for r in (*a, *b) if r[1] > r[0])
+    for (s0, e0), (s1, e1) in zip(ranges, ranges[1:]):
+        if s1 < e0:
+            raise MergeError(
+                f"scan results overlap: images [{s0}, {e0}) and [{s1}, {e1}) were both scanned; "
+                "each shard must be merged exactly once"
+            )
+    united: list[tuple[int, int]] = []
+    for start, stop in ranges:
+        if united and united[-1][1] == start:
+            united[-1] = (united[-1][0], stop)
+        else:
+            united.append((start, stop))
+    return tuple(united)
+
+
+def _merge_examples(a: Examples, b: Examples, k: int) -> Examples:
+    keys = np.concatenate([a.keys, b.keys], axis=1)
+    order = np.argsort(keys, axis=1, kind="stable")[:, ::-1][:, :k]
+    take = lambda x, y: np.take_along_axis(np.concatenate([x, y], axis=1), order, axis=1)  # noqa: E731
+    box_order = np.repeat(order[:, :, None], 4, axis=2)
+    return Examples(
+        keys=take(a.keys, b.keys),
+        image_index=take(a.image_index, b.image_index),
+        position=take(a.position, b.position),
+        box=np.take_along_axis(np.concatenate([a.box, b.box], axis=1), box_order, axis=1),
+    )
+
+
+def _merge_layer(a: LayerResult, b: LayerResult, k: int) -> LayerResult:
+    combined = np.concatenate([a.sketch_unit * sketch.BUCKETS + a.sketch_bucket,
+                               b.sketch_unit * sketch.BUCKETS + b.sketch_bucket])
+    flat, inverse = np.unique(combined, return_inverse=True)
+    counts = np.zeros(len(flat), dtype=np.int64)
+    np.add.at(counts, inverse, np.concatenate([a.sketch_count, b.sketch_count]))
+    return replace(
+        a,
+        top=_merge_examples(a.top, b.top, k),
+        bottom=_merge_examples(a.bottom, b.bottom, k),
+        images=a.images + b.images,
+        nonfinite=a.nonfinite + b.nonfinite,
+        sums=exact_sum.normalize(a.sums + b.sums),
+        max_positive=a.max_positive + b.max_positive,
+        sketch_unit=flat // sketch.BUCKETS,
+        sketch_bucket=flat % sketch.BUCKETS,
+        sketch_count=counts,
+    )
+
+
+def _layer_equal(a: LayerResult, b: LayerResult) -> bool:
+    if (a.layer, a.layout, a.channels, tuple(a.spatial)) != (b.layer, b.layout, b.channels, tuple(b.spatial)):
+        return False
+    arrays = ("images", "nonfinite", "sums", "max_positive", "sketch_unit", "sketch_bucket", "sketch_count")
+    if not all(np.array_equal(getattr(a, n), getattr(b, n)) for n in arrays):
+        return False
+    return all(
+        np.array_equal(getattr(x, n), getattr(y, n))
+        for x, y in ((a.top, b.top), (a.bottom, b.bottom))
+        for n in ("keys", "image_index", "position", "box")
+    )
+
+
+def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables([t.cast(schema) for t in tables])
+
+
+_UNITS_SCHEMA = pa.schema(
+    [("model", pa.string()), ("layer", pa.string()), ("unit", pa.int32()), ("images", pa.int64()),
+     ("nonfinite_images", pa.int64()), ("act_mean", pa.float64()), ("act_std", pa.float64()),
+     ("max_mean", pa.float64()), ("max_std", pa.float64()),
+     ("max_min", pa.float64()), ("max_max", pa.float64()), ("max_frac_positive", pa.float64())]
+    + [(f"max_p{round(q * 100):02d}", pa.float64()) for q in QUANTILES]
+)
+_EXAMPLES_SCHEMA = pa.schema(
+    [("model", pa.string()), ("layer", pa.string()), ("unit", pa.int32()), ("kind", pa.string()),
+     ("rank", pa.int16()), ("image_index", pa.int64()), ("image_id", pa.string()), ("value", pa.float32()),
+     ("position", pa.int64()), ("y", pa.int32()), ("x", pa.int32()), ("crop_y0", pa.int32()),
+     ("crop_x0", pa.int32()), ("crop_y1", pa.int32()), ("crop_x1", pa.int32())]
+)
+_SKETCH_SCHEMA = pa.schema(
+    [("model", pa.string()), ("layer", pa.string()), ("unit", pa.int32()), ("bucket", pa.int32()),
+     ("count", pa.int64()), ("lower", pa.float64()), ("upper", pa.float64())]
+)

@@ -1,0 +1,290 @@
+"""The scan itself: one forward per batch, every requested layer reduced on the fly, on the device.
+
+    scanner = Scanner(model, ["features.10", "features.14"], ScanOptions(k=16))
+    result = scanner.scan(iter_batches(shard, 224, 256), shard, on_chunk=sink)
+
+Activations are never kept: `capture(..., on_output=...)` hands each layer's output to the
+scanner while the forward pass is running (pre-ReLU values, as the module returned them) and the
+pass stops after the deepest requested layer. Each layer is reduced to a few numbers per image
+and unit; one vectorized update per batch folds them into the running state of every unit.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.data.listing import Listing
+from pipeline.data.loader import Batch, SkippedImage
+from pipeline.errors import LoupeError
+from pipeline.models import capture
+from pipeline.scan.accumulate import Reduced, UnitAccumulator, concat, reduce_activation
+from pipeline.scan.chunks import POOLINGS, SPATIAL, ChunkSink, ChunkStream
+from pipeline.scan.layout import as_channels_first, positions_count
+from pipeline.scan.receptive_field import ReceptiveField, probe_receptive_fields
+from pipeline.scan.result import Examples, LayerResult, ScanResult
+
+if TYPE_CHECKING:
+    from pipeline.models import LayerInfo, LoadedModel
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class ScanError(LoupeError):
+    """A scan request is invalid (bad k, unknown layer, bad option); raised before any work."""
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """What to keep per unit and which activation tensors to stream out.
+
+    `pooled`: stream per-image spatial max and mean (images x channels) of every layer.
+    `spatial_layers`: also stream the full maps of these layers (large: ask only for a few).
+    `chunk_images`: rows per streamed chunk; chunk boundaries are multiples of it in listing
+    positions, so shards aligned to it (Listing.shard(..., align=chunk_images)) never share one.
+    `position_search`: how the (y, x) of each max is found: "all" images in one fused pass,
+    only "candidates" that can enter a top/bottom-k, or "auto" (candidates on CPU, all on GPU).
+    Results are identical; only speed differs.
+    """
+
+    k: int = 16
+    pooled: bool = True
+    activation_dtype: str = "float16"
+    chunk_images: int = 1024
+    spatial_layers: tuple[str, ...] = ()
+    spatial_chunk_images: int = 64
+    position_search: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spatial_layers", tuple(self.spatial_layers))
+        for name in ("k", "chunk_images", "spatial_chunk_images"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ScanError(f"scan.{name} must be a positive integer, got {value!r}")
+        if self.position_search not in ("auto", "all", "candidates"):
+            raise ScanError(f"scan.position_search must be auto, all or candidates, got {self.position_search!r}")
+        if self.activation_dtype not in _DTYPES:
+            raise ScanError(f"scan.activation_dtype must be one of {sorted(_DTYPES)}, got {self.activation_dtype!r}")
+
+
+@dataclass
+class ScanProgress:
+    """Reported after every batch: listing positions done so far, images scanned and skipped."""
+
+    done: int
+    total: int
+    scanned: int
+    skipped: int
+    seconds: float
+    last_skipped: list[SkippedImage] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+_FIELD_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+class Scanner:
+    """Scans batches of one model's inputs for a fixed set of layers; reusable across shards."""
+
+    def __init__(
+        self,
+        model: "LoadedModel",
+        layers: Sequence[str],
+        options: ScanOptions = ScanOptions(),
+        *,
+        receptive_fields: Mapping[str, ReceptiveField] | None = None,
+    ) -> None:
+        """`receptive_fields` (e.g. probed once on a driver and shipped to every worker) skips the probe."""
+        if isinstance(layers, str):
+            layers = [name for name in layers.split(",") if name]
+        layers = list(dict.fromkeys(layers))
+        if not layers:
+            raise ScanError("scan needs at least one layer")
+        self.model = model
+        self.options = options
+        self.infos: list[LayerInfo] = [model.catalog[name] for name in layers]  # LayerError names the culprit
+        for name in options.spatial_layers:
+            if name not in layers:
+                raise ScanError(f"scan.spatial_layers names {name!r}, which is not among the scanned layers {layers}")
+        self.layers = layers
+        self.offsets: list[tuple[str, int, int]] = []
+        total = 0
+        for info in self.infos:
+            self.offsets.append((info.name, total, total + info.channels))
+            total += info.channels
+        self.units = total
+        size = model.preprocessing.input_size
+        self._given: dict[str, ReceptiveField] = {}
+        for info in self.infos:
+            field = (receptive_fields or {}).get(info.name)
+            if field is None:
+                continue
+            if field.input_size != (size, size) or field.boxes.shape[1] != positions_count(tuple(info.spatial)):
+                raise ScanError(
+                    f"receptive field given for {info.name} was probed for another input size or layer shape "
+                    f"({field.input_size}, {field.boxes.shape[1]} positions; the model takes {size}px)"
+                )
+            self._given[info.name] = field
+
+    # ---- receptive fields ------------------------------------------------------------------
+    @property
+    def receptive_fields(self) -> dict[str, ReceptiveField]:
+        """Exact crop boxes per layer: given ones, else probed once per model and input size and cached."""
+        size = self.model.preprocessing.input_size
+        cache = _FIELD_CACHE.setdefault(self.model.module, {})
+        missing = [info for info in self.infos if info.name not in self._given and (info.name, size) not in cache]
+        if missing:
+            probed = probe_receptive_fields(self.model, [info.name for info in missing])
+            for name, value in probed.items():
+                cache[(name, size)] = value
+        return {info.name: self._given.get(info.name) or cache[(info.name, size)] for info in self.infos}
+
+    # ---- the scan --------------------------------------------------------------------------
+    def scan(
+        self,
+        batches: Iterable[Batch],
+        listing: Listing,
+        *,
+        on_chunk: ChunkSink | None = None,
+        on_progress: Callable[[ScanProgress], None] | None = None,
+        pad_to: int | None = None,
+    ) -> ScanResult:
+        """Scan `batches` (which must cover `listing` in order) and return the shard's result.
+
+        Pooled (and requested spatial) activations go to `on_chunk` chunk by chunk; without a
+        sink they are not computed. `pad_to` (the loader's batch size) pads short batches with
+        blank images so every forward has the same shape: backends pick kernels by shape, and a
+        fixed shape keeps each image's activations bit-identical however shards and skipped
+        images fall, so shard results merge into exactly the single-pass result.
+        """
+        device = self.model.device
+        fields = self.receptive_fields
+        state = UnitAccumulator(self.units, self.options.k, device)
+        pooled, spatial = self._streams(listing, on_chunk)
+        reduced: dict[str, Reduced] = {}
+        maps: dict[str, torch.Tensor] = {}
+        layouts = {info.name: info.layout for info in self.infos}
+        map_dtype = _DTYPES[self.options.activation_dtype]
+
+        lazy_positions = self.options.position_search == "candidates" or (
+            self.options.position_search == "auto" and device.type == "cpu"
+        )
+        ranges = {name: (lo, hi) for name, lo, hi in self.offsets}
+        current: dict[str, torch.Tensor] = {}
+
+        def on_output(name: str, activation: torch.Tensor) -> None:
+            flat = as_channels_first(activation, layouts[name]).flatten(2)
+            floors = state.floors(*ranges[name], current["ranks"]) if lazy_positions else None
+            reduced[name] = reduce_activation(flat, floors)
+            if name in spatial:  # the tensor is only valid during the callback: copy it
+                maps[name] = as_channels_first(activation, layouts[name]).to(map_dtype, copy=True)
+
+        scanned, skipped, done = 0, [], listing.start
+        started = time.perf_counter()
+        with capture(self.model, self.layers, on_output=on_output) as cap, torch.inference_mode():
+            for batch in batches:
+                self._check_batch(batch, done, listing)
+                skipped.extend(batch.skipped)
+                if len(batch):
+                    images = batch.images.to(device, non_blocking=True).float().div_(255.0)
+                    count = len(batch)
+                    if pad_to is not None and count < pad_to:
+                        images = torch.cat([images, images.new_zeros((pad_to - count, *images.shape[1:]))])
+                    positions = torch.from_numpy(batch.positions).to(device, non_blocking=True)
+                    ranks = torch.from_numpy(batch.keys).to(device, non_blocking=True)
+                    current["ranks"] = torch.cat([ranks, ranks.new_zeros(len(images) - count)])
+                    reduced.clear()
+                    maps.clear()
+                    cap.run(images)
+                    joined = concat([reduced[name] for name in self.layers]).head(count)
+                    maps.update({name: value[:count] for name, value in maps.items()})
+                    state.update(joined, positions, ranks)
+                    if pooled is not None:
+                        pooled.add(batch.positions, {"max": joined.maxima, "mean": joined.means})
+                    for name, stream in spatial.items():
+                        stream.add(batch.positions, {SPATIAL: maps[name]})
+                    scanned += len(batch)
+                done = batch.stop
+                for stream in [pooled, *spatial.values()]:
+                    if stream is not None:
+                        stream.advance(done)
+                if on_progress is not None:
+                    on_progress(ScanProgress(done - listing.start, len(listing), scanned, len(skipped),
+                                             time.perf_counter() - started, list(batch.skipped)))
+        if done != listing.stop:
+            raise ScanError(f"batches ended at listing position {done}, expected {listing.stop}")
+        for stream in [pooled, *spatial.values()]:
+            if stream is not None:
+                stream.finish()
+        return self._result(state.finish(), fields, listing, scanned, skipped)
+
+    def _check_batch(self, batch: Batch, done: int, listing: Listing) -> None:
+        if batch.start != done or batch.stop > listing.stop:
+            raise ScanError(
+                f"batch covers listing positions [{batch.start}, {batch.stop}) but the scan expected the next batch "
+                f"to start at {done} (listing [{listing.start}, {listing.stop}))"
+            )
+
+    def _streams(self, listing: Listing, sink: ChunkSink | None) -> tuple[ChunkStream | None, dict[str, ChunkStream]]:
+        if sink is None:
+            return None, {}
+        dtype = _DTYPES[self.options.activation_dtype]
+        pooled = None
+        if self.options.pooled:
+            pooled = ChunkStream(POOLINGS, self.offsets, (self.units,), listing.start, listing.stop,
+                                 self.options.chunk_images, dtype, self.model.device, sink)
+        spatial = {}
+        for info in self.infos:
+            if info.name in self.options.spatial_layers:
+                spatial[info.name] = ChunkStream(
+                    (SPATIAL,), [(info.name, 0, info.channels)], (info.channels, *info.spatial), listing.start,
+                    listing.stop, self.options.spatial_chunk_images, dtype, torch.device("cpu"), sink,
+                )
+        return pooled, spatial
+
+    def _result(self, state: dict[str, np.ndarray], fields: dict[str, ReceptiveField], listing: Listing,
+                scanned: int, skipped: list[SkippedImage]) -> ScanResult:
+        layers = {}
+        referenced: set[int] = set()
+        for info, (name, lo, hi) in zip(self.infos, self.offsets):
+            parts = {}
+            for kind in ("top", "bottom"):
+                keys = state[f"{kind}_keys"][lo:hi]
+                image = state[f"{kind}_image"][lo:hi]
+                where = state[f"{kind}_where"][lo:hi]
+                channels = np.broadcast_to(np.arange(hi - lo)[:, None], keys.shape)
+                box = fields[name].lookup(channels, np.maximum(where, 0)).astype(np.int32)
+                box[image < 0] = 0
+                parts[kind] = Examples(keys.copy(), image.copy(), where.copy(), box)
+                referenced.update(image[image >= 0].tolist())
+            in_layer = (state["sketch_unit"] >= lo) & (state["sketch_unit"] < hi)
+            layers[name] = LayerResult(
+                layer=name, layout=info.layout, channels=info.channels, spatial=tuple(info.spatial),
+                top=parts["top"], bottom=parts["bottom"],
+                images=state["images"][lo:hi].copy(), nonfinite=state["nonfinite"][lo:hi].copy(),
+                sums=state["sums"][:, lo:hi].copy(), max_positive=state["max_positive"][lo:hi].copy(),
+                sketch_unit=state["sketch_unit"][in_layer] - lo, sketch_bucket=state["sketch_bucket"][in_layer],
+                sketch_count=state["sketch_count"][in_layer],
+            )
+        positions = np.array(sorted(referenced), dtype=np.int64)
+        ids = listing.ids(positions - listing.start) if len(positions) else []
+        return ScanResult(
+            model=self.model.name,
+            weights_digest=self.model.weights_digest,
+            listing=listing.fingerprint,
+            input_size=self.model.preprocessing.input_size,
+            k=self.options.k,
+            ranges=((listing.start, listing.stop),) if len(listing) else (),
+            scanned=scanned,
+            skipped=tuple(sorted(skipped, key=lambda s: s.position)),
+            image_ids=dict(zip(positions.tolist(), ids)),
+            layers=layers,
+        )
