@@ -8,6 +8,7 @@ import sys
 from jobs.atlas_commands import add_atlas_commands
 from jobs.build_atlas import add_build_arguments, run as run_build
 from jobs.model_commands import add_model_commands
+from jobs.render_command import add_render_command
 from jobs.sample_images import add_sample_images_command
 from jobs.scan_command import add_scan_command
 from pipeline.errors import LoupeError
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=run_build)
     add_sample_images_command(subparsers)
     add_scan_command(subparsers)
+    add_render_command(subparsers)
     return parser
 
 

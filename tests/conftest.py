@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+# Busy-waiting OpenMP threads make torch 10-30x slower when another process (a Ray actor, a
+# decoding worker) shares the 2 CI cores; passive waiting costs nothing when cores are free.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from typing import Iterator
 
 import pytest

@@ -145,6 +145,8 @@ def load_model(
         )
         load_into(module, state, origin=f"from {weights}")
         weights_label = weights
+        if parsed.is_torchvision and categories is None:
+            categories = _builder_categories(parsed.target, module)
 
     return LoadedModel(
         module,
@@ -180,6 +182,16 @@ def _build_with_torchvision_weights(builder, enum_member, kwargs: dict, source: 
             f"torchvision weights {type(enum_member).__name__}.{enum_member.name} for {source} could not be "
             f"loaded from {enum_member.url} (nor found in the torch hub cache): {exc}"
         ) from None
+
+
+def _builder_categories(builder: str, module: nn.Module) -> list[str] | None:
+    """Class names of the builder's DEFAULT weights, for a state dict with the same number of outputs."""
+    enum = sources.torchvision_weight_enum(builder)
+    names = list(enum.DEFAULT.meta.get("categories") or []) if enum is not None else []
+    outputs = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if names and outputs and outputs[-1].out_features == len(names):
+        return names
+    return None
 
 
 def _declared_preprocessing(module: nn.Module) -> Preprocessing:

@@ -38,6 +38,7 @@ def test_local_path_and_file_url_load_the_same_weights(weights_file):
     random = load_model(SOURCE, "none")
     assert by_path.weights_digest == by_url.weights_digest != random.weights_digest
     assert torch.equal(outputs(by_path), outputs(by_url))
+    assert by_path.categories[0] == "tench" and len(by_path.categories) == 1000  # from the builder's weight enum
 
 
 def test_s3_weights_load_identically_to_local(weights_file, s3_endpoint, s3_bucket, s3_options):

@@ -1,0 +1,149 @@
+"""The optimization loop shared by render_vis and render_units.
+
+One place owns everything that must be undone when a render ends, even on error: the
+activation-capture hooks (pipeline.models.capture, which also stops each forward right after the
+deepest layer an objective reads), the channels_last conversion of the model's weights, and the
+torch-function modes active only inside each forward: eval batch norm as a multiply-add, and the
+redirected ReLU of the first steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from pipeline.errors import LoupeError
+from pipeline.featurevis.eval_batchnorm import AffineBatchNormMode
+from pipeline.featurevis.objectives import INPUT, Activations
+from pipeline.featurevis.param import Parameterization
+from pipeline.featurevis.redirected_relu import RedirectedReLUMode
+from pipeline.featurevis.transforms import Compose
+from pipeline.models import LoadedModel, capture
+
+PRECISIONS = ("fp32", "bf16")
+ProgressFn = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """Speed options; both change numerics only slightly and are off unless asked for."""
+
+    precision: str = "fp32"  # "bf16": autocast the model's forward to bfloat16 (activations read back in fp32)
+    channels_last: bool = False  # NHWC memory format for the model's weights and input (faster convs, CPU and GPU)
+    affine_batchnorm: bool = True  # eval-mode batch norms as one multiply-add (same values, cheaper backward)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise LoupeError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
+
+
+def check_thresholds(thresholds: Iterable[int]) -> list[int]:
+    """Sorted, unique, positive step counts, or a clear error."""
+    try:
+        values = sorted({int(t) for t in thresholds})
+    except (TypeError, ValueError):
+        raise LoupeError(f"thresholds must be step counts (positive integers), got {thresholds!r}") from None
+    if not values or values[0] < 1:
+        raise LoupeError(f"thresholds must be positive step counts, got {thresholds!r}")
+    return values
+
+
+class ForwardSession:
+    """Runs the model on transformed images and hands objectives an `Activations` view; undoes everything on exit."""
+
+    def __init__(self, model: LoadedModel, layers: Iterable[str], acceleration: Acceleration = Acceleration()) -> None:
+        self.model = model
+        self.layers = sorted(set(layers) - {INPUT}, key=lambda name: model.catalog[name].order)
+        self.acceleration = acceleration
+        self.layouts = {name: model.catalog[name].layout for name in self.layers}
+        self._stack = contextlib.ExitStack()
+        self._capture = None
+
+    def __enter__(self) -> "ForwardSession":
+        try:
+            if self.acceleration.channels_last:
+                self._stack.enter_context(_channels_last(self.model.module))
+            if self.layers:
+                self._capture = self._stack.enter_context(capture(self.model, self.layers))
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._capture = None
+        self._stack.close()
+
+    def __call__(self, x: torch.Tensor, image: torch.Tensor, redirect: bool = False) -> Activations:
+        """Activations of `x` (transformed image, RGB in [0, 1]) plus `image` itself as the "input" pseudo-layer."""
+        values: dict[str, torch.Tensor] = {INPUT: image}
+        if self._capture is not None:
+            if self.acceleration.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with contextlib.ExitStack() as stack:
+                if self.acceleration.affine_batchnorm:
+                    stack.enter_context(AffineBatchNormMode())
+                if redirect:
+                    stack.enter_context(RedirectedReLUMode())
+                if self.acceleration.precision == "bf16":
+                    stack.enter_context(torch.autocast(device_type=x.device.type, dtype=torch.bfloat16))
+                acts = self._capture.run(x)
+            values.update({name: t.float() for name, t in acts.items()})
+        return Activations(values, self.layouts, self.model.categories)
+
+
+@contextlib.contextmanager
+def _channels_last(module: torch.nn.Module) -> Iterator[None]:
+    """Convert 4-D weights to channels_last for the duration, then back (the caller's model is left as found)."""
+    module.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        module.to(memory_format=torch.contiguous_format)
+
+
+def optimize(
+    session: ForwardSession,
+    objective: Callable[[Activations], torch.Tensor],
+    image_param: Parameterization,
+    optimizer: torch.optim.Optimizer,
+    transform: Compose,
+    uniforms: torch.Tensor | None,
+    thresholds: Sequence[int],
+    redirect_steps: int = 16,
+    progress: ProgressFn | None = None,
+) -> list[torch.Tensor]:
+    """Maximize `objective` for max(thresholds) steps; return the image batch after each threshold.
+
+    `uniforms[step]` is the `[B, transform.n_random]` block of random numbers for that step's transforms.
+    """
+    wanted = set(thresholds)
+    images: list[torch.Tensor] = []
+    for step in range(max(thresholds)):
+        optimizer.zero_grad(set_to_none=True)
+        image = image_param()
+        x = transform(image, uniforms[step] if transform.n_random else None)
+        value = objective(session(x, image, redirect=step < redirect_steps))
+        (-value.sum()).backward()
+        optimizer.step()
+        if progress is not None:
+            progress(step, value)
+        if step + 1 in wanted:
+            images.append(image_param.image())
+    return images
+
+
+def step_uniforms(
+    generators: Sequence[torch.Generator], steps: int, n_random: int, device: torch.device
+) -> torch.Tensor | None:
+    """`[steps, B, n_random]` uniforms, element b's drawn from its own generator (so batch mates never matter)."""
+    if n_random == 0:
+        return None
+    per_element = [torch.rand(steps, n_random, generator=g) for g in generators]
+    return torch.stack(per_element, dim=1).to(device)
+
+
+__all__ = ["Acceleration", "ForwardSession", "check_thresholds", "optimize", "step_uniforms"]
