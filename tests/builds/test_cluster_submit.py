@@ -61,20 +61,17 @@ def test_ray_job_submit_builds_and_publishes(tmp_path, ray_head):
     images = write_images(tmp_path / "images", count=8)
     url = str(tmp_path / "atlas")
     config = save_config(tmp_path / "cluster.yaml", tiny_config(url, str(images)))
-    unauthenticated = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN",)}
-    refused = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--", "python", "-c", "print(1)"],
-        env={**unauthenticated, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "no-token")}, capture_output=True,
-        text=True, timeout=120, cwd=REPO,
-    )
-    assert refused.returncode != 0, "the cluster accepted a job without the token"
     started = time.time()
-    submitted = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".", "--",
-         "python", "-m", "jobs.build_atlas", str(config), "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=600, cwd=REPO,
-    )
-    output = submitted.stdout + submitted.stderr
+    for _ in range(20):  # right after `ray start` the job agent may not be up yet
+        submitted = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".", "--",
+             "python", "-m", "jobs.build_atlas", str(config), "--no-progress"],
+            env=env, capture_output=True, text=True, timeout=600, cwd=REPO,
+        )
+        output = submitted.stdout + submitted.stderr
+        if "No available agent to submit job" not in output:
+            break
+        time.sleep(3)
     assert submitted.returncode == 0, output[-4000:]
     assert "succeeded" in output and "build published" in output
     atlas = open_atlas(url)
@@ -82,3 +79,11 @@ def test_ray_job_submit_builds_and_publishes(tmp_path, ray_head):
     assert atlas.render("r20", "layer2", 0).shape == (32, 32, 3)
     assert atlas.examples("r20", "layer2", unit=0).num_rows == 6
     assert time.time() - started < 600
+    unauthenticated = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN",)}
+    refused = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--", "python", "-c", "print(1)"],
+        env={**unauthenticated, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "no-token")}, capture_output=True,
+        text=True, timeout=120, cwd=REPO,
+    )
+    assert refused.returncode != 0, "the cluster accepted a job without the token"
+    assert "token" in (refused.stdout + refused.stderr).lower()
