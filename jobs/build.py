@@ -134,8 +134,9 @@ def _execute(items, model, plan, writer, config, executor, progress, desc, summa
         "scan_context": scan_items.scan_context(config.scan, plan.listing),
     }
     if any(item.stage == "scan" for item in items):
-        # Crop boxes depend only on the architecture: probe once here, not once per actor.
-        runner_args["scan_context"]["receptive_fields"] = scan_items.receptive_fields(model)
+        # Crop boxes depend only on the architecture: probe once here and share them through
+        # storage (small constructor arguments keep Ray actors restartable), not once per actor.
+        runner_args["scan_context"]["receptive_fields_url"] = scan_items.save_receptive_fields(writer, model)
     bar = Progress(len(items), sum(i.cost for i in items), desc, enabled=progress)
 
     def finished(item: WorkItem, result: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from storage import AtlasWriter, plan_image_chunks
 
 PARTIAL = "scan-result.pickle"
 LISTINGS = "build-state/listings"
+FIELDS = "build-state/receptive-fields"
 
 
 def list_dataset(scan: ScanConfig) -> Listing:
@@ -37,11 +38,39 @@ def scan_context(scan: ScanConfig | None, listing: Listing | None) -> dict[str, 
     return {"dataset_storage_options": scan.dataset.storage_options, "listing_fingerprint": listing.fingerprint}
 
 
-def receptive_fields(model: ResolvedModel) -> dict:
-    """Exact crop boxes of every scanned layer (a few seconds of probe forwards, once per build)."""
+def save_receptive_fields(writer: AtlasWriter, model: ResolvedModel) -> str:
+    """Probe the exact crop boxes of every scanned layer once and save them for the scan workers.
+
+    They depend only on the architecture and input size, so the file is keyed by those and reused
+    by later builds.
+    """
+    import hashlib
+    import json
+
+    import fsspec
+
     from pipeline.scan import probe_receptive_fields
 
-    return probe_receptive_fields(model.model, scanned_layers(model))
+    layers = scanned_layers(model)
+    identity = json.dumps({"source": model.config.source, "kwargs": model.config.model_kwargs,
+                           "input_size": model.model.preprocessing.input_size, "layers": layers}, sort_keys=True)
+    url = f"{writer.url.rstrip('/')}/{FIELDS}/{hashlib.sha256(identity.encode()).hexdigest()[:32]}.pickle"
+    fs, path = fsspec.core.url_to_fs(url, **writer_options(writer))
+    if not fs.exists(path):
+        fields = probe_receptive_fields(model.model, layers)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        fs.pipe_file(path, pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL))
+    return url
+
+
+def _receptive_fields(runner) -> dict | None:
+    url = (runner.scan_context or {}).get("receptive_fields_url")
+    if not url:
+        return None
+    import fsspec
+
+    with fsspec.open(url, "rb", **writer_options(runner.writer)) as handle:
+        return pickle.loads(handle.read())
 
 
 def scanned_layers(model: ResolvedModel) -> list[str]:
@@ -115,8 +144,7 @@ def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
     options = ScanOptions(k=spec["k"], pooled=spec["pooled"], chunk_images=spec["chunk_images"])
     key = (tuple(spec["layers"]), options)
     if getattr(runner, "_scanner_key", None) != key:
-        fields = (runner.scan_context or {}).get("receptive_fields")
-        runner._scanner = Scanner(runner.model, spec["layers"], options, receptive_fields=fields)
+        runner._scanner = Scanner(runner.model, spec["layers"], options, receptive_fields=_receptive_fields(runner))
         runner._scanner_key = key
     context = runner.scan_context or {}
     model_id = runner.config.id
