@@ -1,6 +1,6 @@
 """Ray's overhead and scaling for the same small build, measured in one run on this machine.
 
-    python benchmarks/build.py [--units 16] [--steps 64]
+    python benchmarks/build.py [--units 32] [--steps 192]
 
 (a) in-process, no Ray, one single-threaded worker; (b) local Ray, one single-threaded actor;
 (c) local Ray, two single-threaded actors. Targets: (b)/(a) <= 1.15 and (b)/(c) >= 1.6 on 2 cores.
@@ -44,8 +44,8 @@ def timed(executor: str, units: int, steps: int, actors: int, root: Path) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--units", type=int, default=16, help="units per layer (2 layers)")
-    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--units", type=int, default=32, help="units per layer (2 layers)")
+    parser.add_argument("--steps", type=int, default=192)
     args = parser.parse_args()
     import torch
 
