@@ -88,9 +88,9 @@ def s3_bucket(s3_endpoint: str) -> str:
     return "loupe-test"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    """A real local Ray for this test session, pinned to 127.0.0.1 and shut down at the end."""
+    """A real local Ray for one test module, pinned to 127.0.0.1 and shut down after it."""
     import ray
 
     from jobs.execute import connect_ray

@@ -3,6 +3,7 @@
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,21 +43,38 @@ def ray_head(tmp_path):
     env.pop("RAY_ADDRESS", None)
     gcs_port, dashboard_port = free_port(), free_port()
     temp_dir = Path("/tmp") / f"loupe-ray-{secrets.token_hex(3)}"  # short: Ray's socket paths have a length limit
-    start = subprocess.run(
+    # Its own session: every process `ray start` leaves behind shares this process group, so the
+    # teardown stops exactly this head (`ray stop` would stop every Ray on the machine).
+    start = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
          "--disable-usage-stats", f"--temp-dir={temp_dir}",
-         # Own ports for every agent, so a local Ray already running in this process can't collide.
          f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
          f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"],
-        env=env, capture_output=True, text=True, timeout=180,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    output, _ = start.communicate(timeout=180)
     try:
-        assert start.returncode == 0, start.stdout + start.stderr
+        assert start.returncode == 0, output
         yield env, f"http://127.0.0.1:{dashboard_port}"
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_process_group(start.pid)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_process_group(pgid: int) -> None:
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
 
 
 def test_ray_job_submit_builds_and_publishes(tmp_path, ray_head):
