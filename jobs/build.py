@@ -7,6 +7,7 @@ finished item of the published version, and publishes only when every planned it
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,10 +18,8 @@ from jobs.plan import CODE_VERSIONS, WorkItem, model_identity, plan_renders
 from jobs.progress import BuildSummary, Progress
 from jobs.resolve import ResolvedModel, resolve_build
 from storage import AtlasWriter, PublishConflictError, check_writable, current_version, item_keys, list_versions
-from storage.manifest import config_digest
 from storage.checksums import canonical_json
-
-import json
+from storage.manifest import config_digest
 
 
 @dataclass
@@ -102,15 +101,15 @@ def run_build(
         model_items = plan.items[model.id]
         work = [i for i in model_items if i.key not in done and i.stage != "reduce"]
         reduce = [i for i in model_items if i.stage == "reduce" and i.key not in done]
-        for stage_items, desc in ((work, f"{model.id}"), (reduce, f"{model.id} reduce")):
-            if not stage_items:
-                continue
-            if any(i.key in summary.failed for i in model_items if i.stage != "reduce") and stage_items is reduce:
-                continue
-            outcome = _execute(stage_items, model, plan, writer, config, executor, progress, desc, summary, threads)
-            summary.failed += sorted(outcome.failed)
-            for key, reason in sorted(outcome.failed.items()):
-                log(f"item {key} failed: {reason}")
+        failed: dict[str, str] = {}
+        if work:
+            failed = _execute(work, model, plan, writer, config, executor, progress, model.id, summary, threads).failed
+        if reduce and not failed:  # a reduce reads every scan shard's partial
+            failed = _execute(reduce, model, plan, writer, config, executor, progress, f"{model.id} reduce",
+                              summary, threads).failed
+        summary.failed += sorted(failed)
+        for key, reason in sorted(failed.items()):
+            log(f"item {key} failed: {reason}")
 
     summary.seconds = time.perf_counter() - started
     if summary.failed:
