@@ -104,9 +104,10 @@ def run_build(
         failed: dict[str, str] = {}
         if work:
             failed = _execute(work, model, plan, writer, config, executor, progress, model.id, summary, threads).failed
-        if reduce and not failed:  # a reduce reads every scan shard's partial
-            failed = _execute(reduce, model, plan, writer, config, executor, progress, f"{model.id} reduce",
-                              summary, threads).failed
+        scans_failed = any(i.stage == "scan" and i.key in failed for i in work)
+        if reduce and not scans_failed:  # a reduce reads every scan shard's partial
+            failed.update(_execute(reduce, model, plan, writer, config, executor, progress, f"{model.id} reduce",
+                                   summary, threads).failed)
         summary.failed += sorted(failed)
         for key, reason in sorted(failed.items()):
             log(f"item {key} failed: {reason}")

@@ -108,3 +108,24 @@ def test_build_on_s3(tmp_path, images, s3_bucket, s3_options):
     local_url = str(tmp_path / "local")
     build(tiny_config(local_url, str(images)))
     assert atlas_snapshot(url, s3_options) == atlas_snapshot(local_url)
+
+
+def test_a_failing_item_blocks_publishing_and_a_rerun_finishes(tmp_path, images, monkeypatch):
+    from jobs.runner import ItemRunner
+
+    url = str(tmp_path / "atlas")
+    original = ItemRunner._render
+
+    def flaky(self, item):
+        if item.spec["layer"] == "layer2" and item.spec["kind"] == "negative":
+            raise OSError("simulated lost connection")
+        return original(self, item)
+
+    monkeypatch.setattr(ItemRunner, "_render", flaky)
+    failed = build(tiny_config(url, str(images)))
+    assert not failed.published and len(failed.failed) == 1
+    assert [v.status for v in list_versions(url)] == ["building"]
+    monkeypatch.setattr(ItemRunner, "_render", original)
+    rerun = build(tiny_config(url, str(images)))
+    assert rerun.published and rerun.done == 1 and rerun.version == failed.version
+    assert atlas_snapshot(url)[("r20", "layer2", "negative")][0] == [0, 1, 2, 3]
