@@ -28,8 +28,9 @@ def list_dataset(scan: ScanConfig) -> Listing:
                        image_column=dataset.image_column, id_column=dataset.id_column)
 
 
-def listing_url(atlas_url: str, listing: Listing) -> str:
-    return f"{atlas_url.rstrip('/')}/{LISTINGS}/{listing.fingerprint}.parquet"
+def listing_url(atlas_url: str, fingerprint: str) -> str:
+    """Where a build saves its dataset listing, keyed by the listing's fingerprint."""
+    return f"{atlas_url.rstrip('/')}/{LISTINGS}/{fingerprint}.parquet"
 
 
 def scan_context(scan: ScanConfig | None, listing: Listing | None) -> dict[str, Any] | None:
@@ -101,10 +102,11 @@ def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write
 
 def declare_scan_arrays(writer: AtlasWriter, model: ResolvedModel, scan: ScanConfig, listing: Listing) -> None:
     """Declare pooled-activation arrays (images x channels, chunked like the shards) and save the listing."""
-    url = listing_url(writer.url, listing)
-    try:
-        Listing.load(url, storage_options=writer_options(writer))
-    except Exception:  # not saved yet (or unreadable): write it once for every worker to share
+    import fsspec
+
+    url = listing_url(writer.url, listing.fingerprint)
+    fs, path = fsspec.core.url_to_fs(url, **writer_options(writer))
+    if not fs.exists(path):  # saved once, shared by every worker and later builds
         listing.save(url, storage_options=writer_options(writer))
     if not scan.pooled_activations:
         return
@@ -130,8 +132,7 @@ def run_scan_stage(runner, item: WorkItem) -> dict[str, Any]:
 def _listing(runner, fingerprint: str) -> Listing:
     cached = getattr(runner, "_listing", None)
     if cached is None or cached.fingerprint != fingerprint:
-        url = f"{runner.writer.url.rstrip('/')}/{LISTINGS}/{fingerprint}.parquet"
-        cached = Listing.load(url, storage_options=writer_options(runner.writer))
+        cached = Listing.load(listing_url(runner.writer.url, fingerprint), storage_options=writer_options(runner.writer))
         runner._listing = cached
     return cached
 
