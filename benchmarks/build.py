@@ -18,15 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs import execute  # noqa: E402
-from jobs.build import run_build  # noqa: E402
-from jobs.config import parse_config  # noqa: E402
+from loupe.jobs import execute  # noqa: E402
+from loupe.jobs.build import run_build  # noqa: E402
+from loupe.jobs.config import parse_config  # noqa: E402
 
 
 def config(url: str, units: int, steps: int, actors: int) -> dict:
     return {
         "atlas": {"url": url},
-        "models": [{"id": "r20", "source": "pipeline.models.cifar_resnet:resnet20", "weights": "none",
+        "models": [{"id": "r20", "source": "loupe.pipeline.models.cifar_resnet:resnet20", "weights": "none",
                     "layers": ["layer2", "layer3"], "units": f"0-{units - 1}"}],
         "render": {"channel": {"size": 32, "steps": steps, "batch_size": 4}},
         "resources": {"cpus_per_actor": 1, "max_actors": actors, "max_in_flight_per_actor": 2},

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.featurevis import RenderSettings, param, render_units, transforms  # noqa: E402
-from pipeline.models import LoadedModel, load_model  # noqa: E402
+from loupe.pipeline.featurevis import RenderSettings, param, render_units, transforms  # noqa: E402
+from loupe.pipeline.models import LoadedModel, load_model  # noqa: E402
 
 CASES = {"googlenet": ("torchvision:googlenet", "inception4a"), "mobilenet_v2": ("torchvision:mobilenet_v2", "features.10")}
 

@@ -31,9 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.data import Listing, LoaderOptions, iter_batches, list_images  # noqa: E402
-from pipeline.models import Preprocessing, load_model  # noqa: E402
-from pipeline.scan import ScanOptions, Scanner, scan_dataset  # noqa: E402
+from loupe.pipeline.data import Listing, LoaderOptions, iter_batches, list_images  # noqa: E402
+from loupe.pipeline.models import Preprocessing, load_model  # noqa: E402
+from loupe.pipeline.scan import ScanOptions, Scanner, scan_dataset  # noqa: E402
 
 SHARED = Path(os.environ.get("LOUPE_SHARED", ROOT.parent / "shared"))
 WEIGHTS = SHARED / "models" / "mobilenet_v2_imagenet_tflite.pth"

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storage import AtlasWriter, open_atlas  # noqa: E402
+from loupe.storage import AtlasWriter, open_atlas  # noqa: E402
 
 
 class S3Requests:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from storage import StorageError, VersionNotFoundError, list_versions, open_atlas, prune
+from loupe.storage import StorageError, VersionNotFoundError, list_versions, open_atlas, prune
 
 
 def add_atlas_commands(subparsers: argparse._SubParsersAction) -> None:

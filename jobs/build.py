@@ -12,14 +12,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from jobs import execute, scan_items
-from jobs.config import BuildConfig
-from jobs.plan import CODE_VERSIONS, WorkItem, model_identity, plan_renders
-from jobs.progress import BuildSummary, Progress
-from jobs.resolve import ResolvedModel, resolve_build
-from storage import AtlasWriter, PublishConflictError, check_writable, current_version, item_keys, list_versions
-from storage.checksums import canonical_json
-from storage.manifest import config_digest
+from loupe.jobs import execute, scan_items
+from loupe.jobs.config import BuildConfig
+from loupe.jobs.plan import CODE_VERSIONS, WorkItem, model_identity, plan_renders
+from loupe.jobs.progress import BuildSummary, Progress
+from loupe.jobs.resolve import ResolvedModel, resolve_build
+from loupe.storage import AtlasWriter, PublishConflictError, check_writable, current_version, item_keys, list_versions
+from loupe.storage.checksums import canonical_json
+from loupe.storage.manifest import config_digest
 
 
 @dataclass

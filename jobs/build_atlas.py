@@ -1,6 +1,6 @@
-"""Entry point of the main job: `python -m jobs.build_atlas CONFIG` (also `loupe build CONFIG`).
+"""Entry point of the main job: `python -m loupe.jobs.build_atlas CONFIG` (also `loupe build CONFIG`).
 
-Submit it to a cluster with `ray job submit --working-dir . -- python -m jobs.build_atlas CONFIG`;
+Submit it to a cluster with `ray job submit --working-dir . -- python -m loupe.jobs.build_atlas CONFIG`;
 run it with no cluster address and it starts a local Ray on 127.0.0.1.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.config import load_config
-from pipeline.errors import LoupeError
-from storage.errors import StorageError
+from loupe.jobs.config import load_config
+from loupe.pipeline.errors import LoupeError
+from loupe.storage.errors import StorageError
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.validate_only:
-        from jobs.resolve import resolve_build
+        from loupe.jobs.resolve import resolve_build
 
         models = resolve_build(config, with_weights=False, device="cpu")
         layers = sum(len(m.layers) for m in models)
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"config {args.config} is valid: {len(models)} model(s), {layers} layer(s), {units} unit(s)")
         return 0
 
-    from jobs.build import run_build
+    from loupe.jobs.build import run_build
 
     summary = run_build(config, executor=args.executor, address=args.address, device=args.device,
                         progress=False if args.no_progress else None)
@@ -45,13 +45,13 @@ def run(args: argparse.Namespace) -> int:
     if summary.published or summary.unchanged:
         print(f"atlas: {config.atlas.url}")
         print(f"  look inside:  loupe atlas show {config.atlas.url}")
-        print(f"  in Python:    storage.open_atlas({config.atlas.url!r}).render(model, layer, unit)")
+        print(f"  in Python:    loupe.open_atlas({config.atlas.url!r}).render(model, layer, unit)")
         return 0
     return 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.build_atlas", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loupe.jobs.build_atlas", description=__doc__.splitlines()[0])
     add_build_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import LoupeError
+from loupe.pipeline.errors import LoupeError
 
 RENDER_KINDS = ("channel", "neuron", "negative", "diversity")
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from jobs.config import ResourcesConfig
-from jobs.plan import WorkItem
-from jobs.runner import ItemRunner
-from pipeline.errors import LoupeError
+from loupe.jobs.config import ResourcesConfig
+from loupe.jobs.plan import WorkItem
+from loupe.jobs.runner import ItemRunner
+from loupe.pipeline.errors import LoupeError
 
 Finished = Callable[[WorkItem, dict[str, Any]], None]
 

@@ -6,8 +6,8 @@ import argparse
 import fnmatch
 import json
 
-from pipeline.models import load_model, torchvision_builders
-from pipeline.models.sources import torchvision_weight_names
+from loupe.pipeline.models import load_model, torchvision_builders
+from loupe.pipeline.models.sources import torchvision_weight_names
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, weights_default: str | None = None) -> None:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.resolve import ResolvedModel
+from loupe.jobs.resolve import ResolvedModel
 
 #: Bump when a stage's algorithm changes its output for the same inputs; invalidates that stage only.
 CODE_VERSIONS = {"render": "render-1", "scan": "scan-1", "reduce": "reduce-1"}

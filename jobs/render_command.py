@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.model_commands import add_model_arguments
-from pipeline.errors import LoupeError
-from pipeline.featurevis.batch_units import KINDS, RenderSettings, render_units
-from pipeline.featurevis.objectives import parse_unit
-from pipeline.models import Preprocessing, load_model
-from pipeline.models.sources import parse_source, torchvision_weight_names
+from loupe.jobs.model_commands import add_model_arguments
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.featurevis.batch_units import KINDS, RenderSettings, render_units
+from loupe.pipeline.featurevis.objectives import parse_unit
+from loupe.pipeline.models import Preprocessing, load_model
+from loupe.pipeline.models.sources import parse_source, torchvision_weight_names
 
 
 def add_render_command(subparsers) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobs.config import (
+from loupe.jobs.config import (
     BuildConfig,
     ConfigError,
     LayerConfig,
@@ -20,9 +20,9 @@ from jobs.config import (
     format_validation_error,
     parse_units,
 )
-from pipeline.errors import LoupeError
-from pipeline.models import LayerInfo, LoadedModel, Preprocessing, load_model
-from pipeline.models.sources import check_weights_kind, parse_source
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.models import LayerInfo, LoadedModel, Preprocessing, load_model
+from loupe.pipeline.models.sources import check_weights_kind, parse_source
 
 
 @dataclass

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from jobs.config import ModelConfig
-from jobs.plan import WorkItem
-from jobs.resolve import build_model
-from storage import AtlasWriter
+from loupe.jobs.config import ModelConfig
+from loupe.jobs.plan import WorkItem
+from loupe.jobs.resolve import build_model
+from loupe.storage import AtlasWriter
 
 #: Config kind names -> pipeline.featurevis kind names.
 FEATUREVIS_KINDS = {"channel": "channel", "neuron": "neuron", "negative": "negative_channel", "diversity": "diversity"}
@@ -56,14 +56,14 @@ class ItemRunner:
         if item.stage == "render":
             extra = self._render(item)
         else:
-            from jobs.scan_items import run_scan_stage
+            from loupe.jobs.scan_items import run_scan_stage
 
             extra = run_scan_stage(self, item)
         return {"key": item.key, "status": "done", "cost": item.cost,
                 "seconds": time.perf_counter() - started, "pid": os.getpid(), **extra}
 
     def _render(self, item: WorkItem) -> dict[str, Any]:
-        from pipeline.featurevis import RenderSettings, render_units
+        from loupe.pipeline.featurevis import RenderSettings, render_units
 
         spec = item.spec
         kind = FEATUREVIS_KINDS[spec["kind"]]

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from jobs.model_commands import add_model_arguments, print_table
-from pipeline.data import LoaderOptions, list_images
-from pipeline.errors import LoupeError
-from pipeline.models import LoadedModel, Preprocessing, load_model
-from pipeline.scan import ScanOptions, ScanProgress, ScanResult, Scanner, scan_dataset
-from pipeline.scan.layout import to_yx
+from loupe.jobs.model_commands import add_model_arguments, print_table
+from loupe.pipeline.data import LoaderOptions, list_images
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.models import LoadedModel, Preprocessing, load_model
+from loupe.pipeline.scan import ScanOptions, ScanProgress, ScanResult, Scanner, scan_dataset
+from loupe.pipeline.scan.layout import to_yx
 
 
 def add_scan_command(subparsers) -> None:

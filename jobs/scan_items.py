@@ -10,11 +10,11 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from jobs.config import ScanConfig
-from jobs.plan import WorkItem, content_key, model_identity
-from jobs.resolve import ResolvedModel
-from pipeline.data import Listing, LoaderOptions, list_images
-from storage import AtlasWriter, plan_image_chunks
+from loupe.jobs.config import ScanConfig
+from loupe.jobs.plan import WorkItem, content_key, model_identity
+from loupe.jobs.resolve import ResolvedModel
+from loupe.pipeline.data import Listing, LoaderOptions, list_images
+from loupe.storage import AtlasWriter, plan_image_chunks
 
 PARTIAL = "scan-result.pickle"
 LISTINGS = "build-state/listings"
@@ -50,7 +50,7 @@ def save_receptive_fields(writer: AtlasWriter, model: ResolvedModel) -> str:
 
     import fsspec
 
-    from pipeline.scan import probe_receptive_fields
+    from loupe.pipeline.scan import probe_receptive_fields
 
     layers = scanned_layers(model)
     identity = json.dumps({"source": model.config.source, "kwargs": model.config.model_kwargs,
@@ -138,7 +138,7 @@ def _listing(runner, fingerprint: str) -> Listing:
 
 
 def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
-    from pipeline.scan import ScanOptions, Scanner, scan_dataset
+    from loupe.pipeline.scan import ScanOptions, Scanner, scan_dataset
 
     spec = item.spec
     shard = _listing(runner, spec["listing"]).slice(spec["start"], spec["stop"])
@@ -164,7 +164,7 @@ def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
 
 
 def _run_reduce(runner, item: WorkItem) -> dict[str, Any]:
-    from pipeline.scan import merge_results
+    from loupe.pipeline.scan import merge_results
 
     spec = item.spec
     partials = [pickle.loads(runner.writer.read_partial(key, PARTIAL)) for key in spec["scan_items"]]

@@ -6,12 +6,12 @@ write renders / activations / tables -> `writer.reuse_items(...)` for unchanged 
 `writer.publish()`. Read side: `open_atlas(url)`. See docs/storage.md for the layout.
 """
 
-from storage.activations import plan_image_chunks
-from storage.admin import VersionInfo, current_version, item_keys, list_versions, prune
-from storage.errors import ChecksumError, PublishConflictError, StorageError, VersionNotFoundError
-from storage.preflight import check_writable
-from storage.reader import Atlas, open_atlas
-from storage.writer import AtlasWriter, ItemWriter
+from loupe.storage.activations import plan_image_chunks
+from loupe.storage.admin import VersionInfo, current_version, item_keys, list_versions, prune
+from loupe.storage.errors import ChecksumError, PublishConflictError, StorageError, VersionNotFoundError
+from loupe.storage.preflight import check_writable
+from loupe.storage.reader import Atlas, open_atlas
+from loupe.storage.writer import AtlasWriter, ItemWriter
 
 __all__ = [
     "Atlas",

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 
-from storage import arrays
-from storage.errors import StorageError
+from loupe.storage import arrays
+from loupe.storage.errors import StorageError
 
 POOLINGS = ("max", "mean")
 

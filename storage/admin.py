@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from storage import layout, manifest as manifests, publish
-from storage.errors import StorageError
-from storage.objects import ObjectStore
-from storage.urls import resolve
+from loupe.storage import layout, manifest as manifests, publish
+from loupe.storage.errors import StorageError
+from loupe.storage.objects import ObjectStore
+from loupe.storage.urls import resolve
 
 CURRENT = "current"  # named by the pointer
 PUBLISHED = "published"  # was current once
@@ -89,7 +89,7 @@ def current_version(url: str, storage_options: Mapping[str, Any] | None = None) 
 
 def item_keys(url: str, version: str, storage_options: Mapping[str, Any] | None = None) -> set[str]:
     """Keys of the completed work items of a version (one paginated LIST), for incremental builds."""
-    from storage.writer import _item_keys
+    from loupe.storage.writer import _item_keys
 
     layout.check_version_id(version)
     return _item_keys(ObjectStore(resolve(url, storage_options)), version)

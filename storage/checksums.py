@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from storage.errors import ChecksumError
+from loupe.storage.errors import ChecksumError
 
 
 def sha256(data: bytes) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from storage.checksums import canonical_json
-from storage.errors import StorageError
+from loupe.storage.checksums import canonical_json
+from loupe.storage.errors import StorageError
 
 
 @dataclass

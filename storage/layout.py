@@ -9,7 +9,7 @@ import os
 import re
 import time
 
-from storage.errors import StorageError
+from loupe.storage.errors import StorageError
 
 FORMAT = "loupe-atlas/1"
 POINTER = "atlas.json"

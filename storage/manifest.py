@@ -12,10 +12,10 @@ import json
 import time
 from typing import Any, Iterable
 
-from storage import layout
-from storage.checksums import canonical_json, sha256
-from storage.completion import ItemRecord
-from storage.errors import StorageError
+from loupe.storage import layout
+from loupe.storage.checksums import canonical_json, sha256
+from loupe.storage.completion import ItemRecord
+from loupe.storage.errors import StorageError
 
 STATUS_BUILDING = "building"
 STATUS_COMPLETE = "complete"

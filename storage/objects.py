@@ -12,9 +12,9 @@ import os
 import tempfile
 from typing import Iterable
 
-from storage import checksums
-from storage.errors import StorageError
-from storage.urls import Location
+from loupe.storage import checksums
+from loupe.storage.errors import StorageError
+from loupe.storage.urls import Location
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from storage.errors import StorageError
-from storage.objects import ObjectStore, describe_failure
-from storage.urls import merge_options, resolve
+from loupe.storage.errors import StorageError
+from loupe.storage.objects import ObjectStore, describe_failure
+from loupe.storage.urls import merge_options, resolve
 
 #: Fewer retries than normal: a preflight should fail in seconds when storage is unreachable.
 _PREFLIGHT_S3 = {"config_kwargs": {"retries": {"max_attempts": 2}, "connect_timeout": 5, "read_timeout": 20}}

@@ -18,10 +18,10 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-from storage import layout
-from storage.checksums import canonical_json
-from storage.errors import PublishConflictError, StorageError
-from storage.objects import ObjectStore, describe_failure
+from loupe.storage import layout
+from loupe.storage.checksums import canonical_json
+from loupe.storage.errors import PublishConflictError, StorageError
+from loupe.storage.objects import ObjectStore, describe_failure
 
 _PROCESS_LOCK = threading.Lock()
 

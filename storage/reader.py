@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
-from storage import arrays, checksums, layout, manifest as manifests, publish, renders, tables
-from storage.errors import ChecksumError, StorageError, VersionNotFoundError
-from storage.objects import ObjectStore
-from storage.urls import resolve
+from loupe.storage import arrays, checksums, layout, manifest as manifests, publish, renders, tables
+from loupe.storage.errors import ChecksumError, StorageError, VersionNotFoundError
+from loupe.storage.objects import ObjectStore
+from loupe.storage.urls import resolve
 
 
 def open_atlas(url: str, version: str | None = None, storage_options: Mapping[str, Any] | None = None) -> "Atlas":

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage import arrays
-from storage.errors import StorageError
+from loupe.storage import arrays
+from loupe.storage.errors import StorageError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.errors import StorageError
+from loupe.storage.errors import StorageError
 
 UNITS = "units"
 EXAMPLES = "examples"

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from storage.errors import StorageError
+from loupe.storage.errors import StorageError
 
 #: botocore settings merged under the user's config_kwargs. "when_required" stops botocore from
 #: adding CRC trailers/validation that several S3-compatible stores (older MinIO, Ceph RGW, R2)

@@ -13,12 +13,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from storage import activations, arrays, checksums, layout, manifest, publish, renders, tables
-from storage.checksums import canonical_json
-from storage.completion import ItemRecord
-from storage.errors import StorageError, VersionNotFoundError
-from storage.objects import ObjectStore
-from storage.urls import resolve
+from loupe.storage import activations, arrays, checksums, layout, manifest, publish, renders, tables
+from loupe.storage.checksums import canonical_json
+from loupe.storage.completion import ItemRecord
+from loupe.storage.errors import StorageError, VersionNotFoundError
+from loupe.storage.objects import ObjectStore
+from loupe.storage.urls import resolve
 
 _UNSET: Any = object()
 

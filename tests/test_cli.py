@@ -8,7 +8,7 @@ import pytest
 
 
 def loupe(*args):
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "loupe.jobs.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_models_lists_torchvision_builders_with_weights():

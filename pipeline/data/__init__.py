@@ -6,11 +6,11 @@
     for batch in iter_batches(shard, 224, 256): ...             # uint8 RGB, in order
 """
 
-from pipeline.data.decode import ImageDecodeError, decode_image, resize_and_crop
-from pipeline.data.errors import DatasetError
-from pipeline.data.listing import FOLDER, PARQUET, Listing, shard_bounds
-from pipeline.data.loader import Batch, ImageReader, LoaderOptions, SkippedImage, iter_batches
-from pipeline.data.sources import IMAGE_EXTENSIONS, list_images
+from loupe.pipeline.data.decode import ImageDecodeError, decode_image, resize_and_crop
+from loupe.pipeline.data.errors import DatasetError
+from loupe.pipeline.data.listing import FOLDER, PARQUET, Listing, shard_bounds
+from loupe.pipeline.data.loader import Batch, ImageReader, LoaderOptions, SkippedImage, iter_batches
+from loupe.pipeline.data.sources import IMAGE_EXTENSIONS, list_images
 
 __all__ = [
     "FOLDER",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.errors import LoupeError
+from loupe.pipeline.errors import LoupeError
 
 
 class DatasetError(LoupeError):

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.data.errors import DatasetError
+from loupe.pipeline.data.errors import DatasetError
 
 FOLDER = "folder"
 PARQUET = "parquet"

@@ -17,10 +17,10 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.data.decode import ImageDecodeError, decode_image
-from pipeline.data.errors import DatasetError
-from pipeline.data.listing import FOLDER, Listing
-from pipeline.data.sources import filesystem
+from loupe.pipeline.data.decode import ImageDecodeError, decode_image
+from loupe.pipeline.data.errors import DatasetError
+from loupe.pipeline.data.listing import FOLDER, Listing
+from loupe.pipeline.data.sources import filesystem
 
 
 @dataclass(frozen=True)

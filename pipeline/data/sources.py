@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data.errors import DatasetError
-from pipeline.data.listing import FOLDER, PARQUET, Listing
+from loupe.pipeline.data.errors import DatasetError
+from loupe.pipeline.data.listing import FOLDER, PARQUET, Listing
 
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm",

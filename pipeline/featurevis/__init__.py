@@ -1,14 +1,14 @@
 """Feature visualization with Lucid's toolkit and names, for any PyTorch model, batched for clusters.
 
-    from pipeline.featurevis import objectives, param, transforms, render_vis, render_units
+    from loupe.pipeline.featurevis import objectives, param, transforms, render_vis, render_units
     images = render_vis(lm, "inception4a:97")                  # one float [B, H, W, 3] array per threshold
     renders = render_units(lm, "features.10", range(64))       # uint8 images + final activations
 """
 
-from pipeline.featurevis import objectives, param, transforms
-from pipeline.featurevis.batch_units import KINDS, RenderSettings, UnitRenders, render_units, unit_seed
-from pipeline.featurevis.redirected_relu import RedirectedReLUMode
-from pipeline.featurevis.render import render_vis
+from loupe.pipeline.featurevis import objectives, param, transforms
+from loupe.pipeline.featurevis.batch_units import KINDS, RenderSettings, UnitRenders, render_units, unit_seed
+from loupe.pipeline.featurevis.redirected_relu import RedirectedReLUMode
+from loupe.pipeline.featurevis.render import render_vis
 
 transform = transforms  # Lucid's module name (lucid.optvis.transform)
 

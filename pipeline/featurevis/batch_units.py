@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import LoupeError
-from pipeline.featurevis import engine
-from pipeline.featurevis.objectives import Activations, _gram_similarity
-from pipeline.featurevis.param import generators, image as image_param
-from pipeline.featurevis.render import REDIRECT_STEPS, as_loaded_model, make_progress, make_transform
-from pipeline.featurevis.transforms import Transform
-from pipeline.models import LoadedModel
-from pipeline.models.catalog import check_unit
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.featurevis import engine
+from loupe.pipeline.featurevis.objectives import Activations, _gram_similarity
+from loupe.pipeline.featurevis.param import generators, image as image_param
+from loupe.pipeline.featurevis.render import REDIRECT_STEPS, as_loaded_model, make_progress, make_transform
+from loupe.pipeline.featurevis.transforms import Transform
+from loupe.pipeline.models import LoadedModel
+from loupe.pipeline.models.catalog import check_unit
 
 KINDS = ("channel", "neuron", "negative_channel", "diversity")
 

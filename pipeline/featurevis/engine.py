@@ -1,7 +1,7 @@
 """The optimization loop shared by render_vis and render_units.
 
 One place owns everything that must be undone when a render ends, even on error: the
-activation-capture hooks (pipeline.models.capture, which also stops each forward right after the
+activation-capture hooks (loupe.pipeline.models.capture, which also stops each forward right after the
 deepest layer an objective reads), the channels_last conversion of the model's weights, and the
 torch-function modes active only inside each forward: eval batch norm as a multiply-add, and the
 redirected ReLU of the first steps.
@@ -15,13 +15,13 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from pipeline.errors import LoupeError
-from pipeline.featurevis.eval_batchnorm import AffineBatchNormMode
-from pipeline.featurevis.objectives import INPUT, Activations
-from pipeline.featurevis.param import Parameterization
-from pipeline.featurevis.redirected_relu import RedirectedReLUMode
-from pipeline.featurevis.transforms import Compose
-from pipeline.models import LoadedModel, capture
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.featurevis.eval_batchnorm import AffineBatchNormMode
+from loupe.pipeline.featurevis.objectives import INPUT, Activations
+from loupe.pipeline.featurevis.param import Parameterization
+from loupe.pipeline.featurevis.redirected_relu import RedirectedReLUMode
+from loupe.pipeline.featurevis.transforms import Compose
+from loupe.pipeline.models import LoadedModel, capture
 
 PRECISIONS = ("fp32", "bf16")
 ProgressFn = Callable[[int, float], None]

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import LoupeError, UnitError
+from loupe.pipeline.errors import LoupeError, UnitError
 
 if TYPE_CHECKING:
-    from pipeline.models import LoadedModel
+    from loupe.pipeline.models import LoadedModel
 
 INPUT = "input"
 
@@ -321,7 +321,7 @@ def class_logit(layer: str, label: int | str, batch: int | None = None) -> Objec
         if not categories:
             raise LoupeError(f"class '{label}' given by name, but the model's weights carry no category names")
         if label not in categories:
-            from pipeline.errors import close_matches
+            from loupe.pipeline.errors import close_matches
 
             raise LoupeError(f"unknown class '{label}'{close_matches(str(label), categories)}")
         return list(categories).index(label)

@@ -1,6 +1,6 @@
 """render_vis: Lucid's one-call feature visualization, for any PyTorch model.
 
-    from pipeline.featurevis import objectives, param, render_vis
+    from loupe.pipeline.featurevis import objectives, param, render_vis
     images = render_vis(lm, "features.10:37")                       # Lucid defaults
     images = render_vis(lm, objectives.channel("inception4a", 97) - 1e2 * objectives.diversity("inception4a"),
                         param_f=lambda: param.image(128, batch=4), thresholds=(64, 512), seed=0)
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.featurevis import engine
-from pipeline.featurevis.objectives import Objective, as_objective
-from pipeline.featurevis.param import Parameterization
-from pipeline.featurevis.param import image as image_param
-from pipeline.featurevis.transforms import Compose, Transform, standard_transforms
-from pipeline.models import LoadedModel
+from loupe.pipeline.featurevis import engine
+from loupe.pipeline.featurevis.objectives import Objective, as_objective
+from loupe.pipeline.featurevis.param import Parameterization
+from loupe.pipeline.featurevis.param import image as image_param
+from loupe.pipeline.featurevis.transforms import Compose, Transform, standard_transforms
+from loupe.pipeline.models import LoadedModel
 
 ParamF = Callable[[], "Parameterization | tuple"] | Parameterization | None
 OptimizerF = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer] | None

@@ -6,13 +6,13 @@
         acts = cap.run(images)           # images: RGB in [0, 1]
 """
 
-from pipeline.models.activation_capture import ActivationCapture, capture
-from pipeline.models.catalog import LOGITS, LayerCatalog, LayerInfo, UnitRef
-from pipeline.models.device import pick_device
-from pipeline.models.loaded import LoadedModel, load_model
-from pipeline.models.preprocessing import Preprocessing
-from pipeline.models.sources import parse_source, torchvision_builders
-from pipeline.models.weights import read_state_dict, weights_digest
+from loupe.pipeline.models.activation_capture import ActivationCapture, capture
+from loupe.pipeline.models.catalog import LOGITS, LayerCatalog, LayerInfo, UnitRef
+from loupe.pipeline.models.device import pick_device
+from loupe.pipeline.models.loaded import LoadedModel, load_model
+from loupe.pipeline.models.preprocessing import Preprocessing
+from loupe.pipeline.models.sources import parse_source, torchvision_builders
+from loupe.pipeline.models.weights import read_state_dict, weights_digest
 
 __all__ = [
     "LOGITS",

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import torch
 from torch import nn
 
-from pipeline.models.catalog import LayerCatalog, layer_name, split_layer_name
+from loupe.pipeline.models.catalog import LayerCatalog, layer_name, split_layer_name
 
 if TYPE_CHECKING:
-    from pipeline.models.loaded import LoadedModel
+    from loupe.pipeline.models.loaded import LoadedModel
 
 OutputCallback = Callable[[str, torch.Tensor], None]
 

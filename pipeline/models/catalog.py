@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from pipeline.errors import LayerError, UnitError, close_matches
+from loupe.pipeline.errors import LayerError, UnitError, close_matches
 
 LOGITS = "logits"
 _CHANNELS_FIRST_1D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)

@@ -3,7 +3,7 @@
 torchvision has no CIFAR-sized ResNet; this one matches the widely used checkpoints whose keys
 look like `conv1.weight`, `layer2.0.bn1.running_var`, `linear.bias` (often saved with a
 `module.` prefix inside a `state_dict` entry). Load one with
-`load_model("pipeline.models.cifar_resnet:resnet20", "ckpt.th", state_dict_key="state_dict",
+`load_model("loupe.pipeline.models.cifar_resnet:resnet20", "ckpt.th", state_dict_key="state_dict",
 strip_prefix="module.")`. Input: 32x32 RGB, normalized with ImageNet mean/std.
 """
 

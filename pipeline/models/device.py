@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.errors import LoupeError
+from loupe.pipeline.errors import LoupeError
 
 
 def pick_device(requested: str | torch.device | None = None) -> torch.device:

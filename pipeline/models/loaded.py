@@ -12,12 +12,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from pipeline.errors import ModelSourceError, WeightsError
-from pipeline.models import sources
-from pipeline.models.catalog import LayerCatalog, LayerInfo, UnitRef, discover_layers
-from pipeline.models.device import pick_device
-from pipeline.models.preprocessing import Preprocessing
-from pipeline.models.weights import load_into, read_state_dict, weights_digest
+from loupe.pipeline.errors import ModelSourceError, WeightsError
+from loupe.pipeline.models import sources
+from loupe.pipeline.models.catalog import LayerCatalog, LayerInfo, UnitRef, discover_layers
+from loupe.pipeline.models.device import pick_device
+from loupe.pipeline.models.preprocessing import Preprocessing
+from loupe.pipeline.models.weights import load_into, read_state_dict, weights_digest
 
 
 class LoadedModel:

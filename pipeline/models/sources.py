@@ -14,8 +14,8 @@ from typing import Any, Callable
 from torch import nn
 from torchvision import models as tv_models
 
-from pipeline.errors import ModelSourceError, WeightsError, close_matches
-from pipeline.models.preprocessing import Preprocessing
+from loupe.pipeline.errors import ModelSourceError, WeightsError, close_matches
+from loupe.pipeline.models.preprocessing import Preprocessing
 
 TORCHVISION_PREFIX = "torchvision:"
 

@@ -15,7 +15,7 @@ import fsspec
 import torch
 from torch import nn
 
-from pipeline.errors import WeightsError
+from loupe.pipeline.errors import WeightsError
 
 _SHOWN_KEYS = 5
 

@@ -6,11 +6,11 @@
     merged.units_table(); merged.examples_table()  # Arrow tables for storage
 """
 
-from pipeline.scan.chunks import POOLINGS, SPATIAL, ActivationChunk, ChunkCollector, ChunkSink
-from pipeline.scan.receptive_field import ReceptiveField, probe_receptive_fields
-from pipeline.scan.result import QUANTILES, Examples, LayerResult, MergeError, ScanResult, merge_results
-from pipeline.scan.run import scan_dataset
-from pipeline.scan.scanner import ScanError, ScanOptions, ScanProgress, Scanner
+from loupe.pipeline.scan.chunks import POOLINGS, SPATIAL, ActivationChunk, ChunkCollector, ChunkSink
+from loupe.pipeline.scan.receptive_field import ReceptiveField, probe_receptive_fields
+from loupe.pipeline.scan.result import QUANTILES, Examples, LayerResult, MergeError, ScanResult, merge_results
+from loupe.pipeline.scan.run import scan_dataset
+from loupe.pipeline.scan.scanner import ScanError, ScanOptions, ScanProgress, Scanner
 
 __all__ = [
     "POOLINGS",

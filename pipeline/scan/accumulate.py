@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.scan import exact_sum, sketch
-from pipeline.scan.keys import PAD, bottom_keys, top_keys
+from loupe.pipeline.scan import exact_sum, sketch
+from loupe.pipeline.scan.keys import PAD, bottom_keys, top_keys
 
 STATISTICS = ("max", "max_squared", "mean", "mean_squared")
 # The square of a float32 max is exact in float64; it is accumulated as two float32 parts

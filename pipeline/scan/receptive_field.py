@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from pipeline.models import capture
-from pipeline.scan.layout import as_channels_first
+from loupe.pipeline.models import capture
+from loupe.pipeline.scan.layout import as_channels_first
 
 if TYPE_CHECKING:
-    from pipeline.models import LoadedModel
+    from loupe.pipeline.models import LoadedModel
 
 @dataclass(frozen=True)
 class ReceptiveField:

@@ -20,12 +20,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from pipeline.data.loader import SkippedImage
-from pipeline.errors import LoupeError
-from pipeline.scan import exact_sum, sketch
-from pipeline.scan.accumulate import STATISTICS
-from pipeline.scan.keys import PAD, decode_values
-from pipeline.scan.layout import positions_count, to_yx
+from loupe.pipeline.data.loader import SkippedImage
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.scan import exact_sum, sketch
+from loupe.pipeline.scan.accumulate import STATISTICS
+from loupe.pipeline.scan.keys import PAD, decode_values
+from loupe.pipeline.scan.layout import positions_count, to_yx
 
 RESULT_FORMAT = 1
 QUANTILES = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)

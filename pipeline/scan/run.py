@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from pipeline.data.listing import Listing
-from pipeline.data.loader import LoaderOptions, iter_batches
-from pipeline.data.sources import list_images
-from pipeline.scan.chunks import ChunkSink
-from pipeline.scan.result import ScanResult
-from pipeline.scan.scanner import ScanOptions, ScanProgress, Scanner
+from loupe.pipeline.data.listing import Listing
+from loupe.pipeline.data.loader import LoaderOptions, iter_batches
+from loupe.pipeline.data.sources import list_images
+from loupe.pipeline.scan.chunks import ChunkSink
+from loupe.pipeline.scan.result import ScanResult
+from loupe.pipeline.scan.scanner import ScanOptions, ScanProgress, Scanner
 
 
 def scan_dataset(

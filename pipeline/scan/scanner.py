@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipeline.data.listing import Listing
-from pipeline.data.loader import Batch, SkippedImage
-from pipeline.errors import LoupeError
-from pipeline.models import capture
-from pipeline.scan.accumulate import Reduced, UnitAccumulator, concat, reduce_activation
-from pipeline.scan.chunks import POOLINGS, SPATIAL, ChunkSink, ChunkStream
-from pipeline.scan.layout import as_channels_first, positions_count
-from pipeline.scan.receptive_field import ReceptiveField, probe_receptive_fields
-from pipeline.scan.result import Examples, LayerResult, ScanResult
+from loupe.pipeline.data.listing import Listing
+from loupe.pipeline.data.loader import Batch, SkippedImage
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.models import capture
+from loupe.pipeline.scan.accumulate import Reduced, UnitAccumulator, concat, reduce_activation
+from loupe.pipeline.scan.chunks import POOLINGS, SPATIAL, ChunkSink, ChunkStream
+from loupe.pipeline.scan.layout import as_channels_first, positions_count
+from loupe.pipeline.scan.receptive_field import ReceptiveField, probe_receptive_fields
+from loupe.pipeline.scan.result import Examples, LayerResult, ScanResult
 
 if TYPE_CHECKING:
-    from pipeline.models import LayerInfo, LoadedModel
+    from loupe.pipeline.models import LayerInfo, LoadedModel
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

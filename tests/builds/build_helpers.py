@@ -8,9 +8,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from storage import StorageError, open_atlas
+from loupe.storage import StorageError, open_atlas
 
-TINY_MODEL = "pipeline.models.cifar_resnet:resnet20"
+TINY_MODEL = "loupe.pipeline.models.cifar_resnet:resnet20"
 
 
 def write_images(folder: Path, count: int = 12, size: int = 40, seed: int = 0) -> Path:

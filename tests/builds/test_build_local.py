@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from jobs.build import run_build
-from jobs.config import parse_config
-from storage import StorageError, list_versions, open_atlas
+from loupe.jobs.build import run_build
+from loupe.jobs.config import parse_config
+from loupe.storage import StorageError, list_versions, open_atlas
 
 from build_helpers import atlas_snapshot, tiny_config, write_images
 
@@ -91,7 +91,7 @@ def test_unreachable_storage_fails_before_any_compute(tmp_path, images):
 
 
 def test_missing_dataset_is_named_before_any_compute(tmp_path):
-    from pipeline.data import DatasetError
+    from loupe.pipeline.data import DatasetError
 
     url = str(tmp_path / "atlas")
     with pytest.raises(DatasetError, match="no-such-folder"):
@@ -111,7 +111,7 @@ def test_build_on_s3(tmp_path, images, s3_bucket, s3_options):
 
 
 def test_a_failing_item_blocks_publishing_and_a_rerun_finishes(tmp_path, images, monkeypatch):
-    from jobs.runner import ItemRunner
+    from loupe.jobs.runner import ItemRunner
 
     url = str(tmp_path / "atlas")
     original = ItemRunner._render

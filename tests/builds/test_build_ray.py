@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.build import run_build
-from jobs.config import parse_config
-from storage import list_versions
+from loupe.jobs.build import run_build
+from loupe.jobs.config import parse_config
+from loupe.storage import list_versions
 
 from build_helpers import atlas_snapshot, save_config, tiny_config, write_images
 
@@ -84,7 +84,7 @@ def test_killed_driver_rerun_redoes_only_unfinished_items(tmp_path):
     config["models"][0]["units"] = "0-7"
     path = save_config(tmp_path / "build.yaml", config)
     driver = subprocess.Popen(
-        [sys.executable, "-m", "jobs.build_atlas", str(path), "--executor", "local", "--no-progress"],
+        [sys.executable, "-m", "loupe.jobs.build_atlas", str(path), "--executor", "local", "--no-progress"],
         cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

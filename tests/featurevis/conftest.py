@@ -3,7 +3,7 @@
 import pytest
 from .fv_helpers import make_tiny
 
-from pipeline.models import LoadedModel
+from loupe.pipeline.models import LoadedModel
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models import LoadedModel, Preprocessing
+from loupe.pipeline.models import LoadedModel, Preprocessing
 
 IDENTITY = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=32)
 CATEGORIES = [f"class{i}" for i in range(10)]

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.featurevis import RenderSettings, render_units
-from pipeline.models import LoadedModel, Preprocessing
+from loupe.pipeline.featurevis import RenderSettings, render_units
+from loupe.pipeline.models import LoadedModel, Preprocessing
 
 ANGLES = (0.0, 45.0, 90.0, 135.0)  # direction of each Gabor's wave vector; x = column, y = row
 COLOURS = ("red", "green", "blue")

@@ -5,8 +5,8 @@ import pytest
 import torch
 from .fv_helpers import hook_count
 
-from pipeline.errors import LayerError, LoupeError, UnitError
-from pipeline.featurevis import RenderSettings, render_units, unit_seed
+from loupe.pipeline.errors import LayerError, LoupeError, UnitError
+from loupe.pipeline.featurevis import RenderSettings, render_units, unit_seed
 
 QUICK = RenderSettings(size=24, steps=8)
 

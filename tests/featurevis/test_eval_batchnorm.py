@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from pipeline.featurevis.eval_batchnorm import AffineBatchNormMode
+from loupe.pipeline.featurevis.eval_batchnorm import AffineBatchNormMode
 
 
 def calibrated_bn(affine: bool = True) -> nn.BatchNorm2d:

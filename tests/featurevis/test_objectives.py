@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from pipeline.errors import LayerError, LoupeError, UnitError
-from pipeline.featurevis import objectives as O
-from pipeline.featurevis.objectives import Activations
+from loupe.pipeline.errors import LayerError, LoupeError, UnitError
+from loupe.pipeline.featurevis import objectives as O
+from loupe.pipeline.featurevis.objectives import Activations
 
 
 def acts(**layers) -> Activations:

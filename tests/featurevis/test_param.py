@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.featurevis import param
+from loupe.pipeline.featurevis import param
 
 
 @pytest.mark.parametrize(

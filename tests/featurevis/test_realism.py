@@ -13,8 +13,8 @@ from PIL import Image
 from torchvision.models import MobileNet_V2_Weights
 from torchvision.transforms import functional as TF
 
-from pipeline.featurevis import RenderSettings, objectives, param, render_units, render_vis
-from pipeline.models import LoadedModel, Preprocessing, capture, load_model
+from loupe.pipeline.featurevis import RenderSettings, objectives, param, render_units, render_vis
+from loupe.pipeline.models import LoadedModel, Preprocessing, capture, load_model
 
 pytestmark = [pytest.mark.realism, pytest.mark.slow]
 

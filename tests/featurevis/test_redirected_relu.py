@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.featurevis.redirected_relu import RedirectedReLUMode
+from loupe.pipeline.featurevis.redirected_relu import RedirectedReLUMode
 
 # Row 0 is all below zero (a dead element); row 1 has one live value.
 X = [[-1.0, -2.0, -0.5], [1.0, -1.0, -3.0]]

@@ -5,8 +5,8 @@ import pytest
 import torch
 from .fv_helpers import hook_count
 
-from pipeline.errors import LoupeError, UnitError
-from pipeline.featurevis import objectives, param, render_vis, transforms
+from loupe.pipeline.errors import LoupeError, UnitError
+from loupe.pipeline.featurevis import objectives, param, render_vis, transforms
 
 SMALL = dict(param_f=lambda: param.image(32), progress=False)
 

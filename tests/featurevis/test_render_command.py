@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.render_command import add_render_command, default_weights
-from pipeline.errors import LoupeError, UnitError
+from loupe.jobs.render_command import add_render_command, default_weights
+from loupe.pipeline.errors import LoupeError, UnitError
 
 TOY_MODULE = textwrap.dedent(
     """

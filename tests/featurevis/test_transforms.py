@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.featurevis import transforms as T
+from loupe.pipeline.featurevis import transforms as T
 
 
 def ramp(batch: int = 1, size: int = 24) -> torch.Tensor:

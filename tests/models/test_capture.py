@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.models import LoadedModel, Preprocessing, capture, load_model
+from loupe.pipeline.models import LoadedModel, Preprocessing, capture, load_model
 
 
 class InPlaceNet(nn.Module):

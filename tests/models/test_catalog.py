@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline.errors import LayerError, UnitError
-from pipeline.models import load_model
+from loupe.pipeline.errors import LayerError, UnitError
+from loupe.pipeline.models import load_model
 
 EXPECTED = {
     "torchvision:googlenet": {

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from pipeline.models import Preprocessing, load_model
+from loupe.pipeline.models import Preprocessing, load_model
 
 pytestmark = pytest.mark.realism
 

@@ -6,8 +6,8 @@ import textwrap
 import pytest
 import torch
 
-from pipeline.errors import ModelSourceError
-from pipeline.models import Preprocessing, load_model, torchvision_builders
+from loupe.pipeline.errors import ModelSourceError
+from loupe.pipeline.models import Preprocessing, load_model, torchvision_builders
 
 
 @pytest.fixture

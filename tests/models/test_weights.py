@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import ModelSourceError, WeightsError
-from pipeline.models import load_model
+from loupe.pipeline.errors import ModelSourceError, WeightsError
+from loupe.pipeline.models import load_model
 
 SOURCE = "torchvision:resnet18"
 

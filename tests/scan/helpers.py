@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.models import LoadedModel, Preprocessing
+from loupe.pipeline.models import LoadedModel, Preprocessing
 
 
 def random_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import LoaderOptions, iter_batches, list_images
-from pipeline.models import capture
-from pipeline.scan import ChunkCollector, ScanError, ScanOptions, Scanner, scan_dataset
+from loupe.pipeline.data import LoaderOptions, iter_batches, list_images
+from loupe.pipeline.models import capture
+from loupe.pipeline.scan import ChunkCollector, ScanError, ScanOptions, Scanner, scan_dataset
 
 from .helpers import LAYERS, corrupt_files, png_bytes, random_images, tiny_model, write_folder
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.data import LoaderOptions, list_images
-from pipeline.scan import ChunkCollector, ScanOptions, Scanner, scan_dataset
+from loupe.pipeline.data import LoaderOptions, list_images
+from loupe.pipeline.scan import ChunkCollector, ScanOptions, Scanner, scan_dataset
 
 from .helpers import LAYERS, corrupt_files, png_bytes, random_images, tiny_model, write_folder, write_parquet
 

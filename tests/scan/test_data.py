@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from torchvision import transforms
 
-from pipeline.data import DatasetError, Listing, decode_image, list_images
-from pipeline.data.decode import ImageDecodeError
+from loupe.pipeline.data import DatasetError, Listing, decode_image, list_images
+from loupe.pipeline.data.decode import ImageDecodeError
 
 from .helpers import corrupt_files, jpeg_bytes, png_bytes, random_images, write_folder, write_parquet
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import LoaderOptions, iter_batches, list_images
-from pipeline.models import capture
-from pipeline.scan import MergeError, ScanOptions, Scanner, merge_results, scan_dataset
+from loupe.pipeline.data import LoaderOptions, iter_batches, list_images
+from loupe.pipeline.models import capture
+from loupe.pipeline.scan import MergeError, ScanOptions, Scanner, merge_results, scan_dataset
 
 from .helpers import LAYERS, png_bytes, random_images, tiny_model, write_folder
 
@@ -177,7 +177,7 @@ class Tokens(torch.nn.Module):
 
 def test_token_layers_scan_exactly_with_per_token_boxes(dataset):
     torch.manual_seed(0)
-    from pipeline.models import LoadedModel, Preprocessing
+    from loupe.pipeline.models import LoadedModel, Preprocessing
 
     model = LoadedModel.from_module(Tokens(), preprocessing=Preprocessing(input_size=SIZE, resize_size=SIZE),
                                     device="cpu")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.data import LoaderOptions, list_images
-from pipeline.models import Preprocessing, load_model
-from pipeline.scan import ScanOptions, scan_dataset
+from loupe.pipeline.data import LoaderOptions, list_images
+from loupe.pipeline.models import Preprocessing, load_model
+from loupe.pipeline.scan import ScanOptions, scan_dataset
 
 pytestmark = [pytest.mark.realism, pytest.mark.slow]
 

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.data import LoaderOptions, list_images
-from pipeline.models import LoadedModel, Preprocessing
-from pipeline.scan import ScanError, ScanOptions, Scanner, probe_receptive_fields, scan_dataset
+from loupe.pipeline.data import LoaderOptions, list_images
+from loupe.pipeline.models import LoadedModel, Preprocessing
+from loupe.pipeline.scan import ScanError, ScanOptions, Scanner, probe_receptive_fields, scan_dataset
 
 
 

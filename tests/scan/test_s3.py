@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import s3fs
 
-from pipeline.data import DatasetError, Listing, LoaderOptions, list_images
-from pipeline.scan import ScanOptions, Scanner, scan_dataset
+from loupe.pipeline.data import DatasetError, Listing, LoaderOptions, list_images
+from loupe.pipeline.scan import ScanOptions, Scanner, scan_dataset
 
 from .helpers import LAYERS, corrupt_files, png_bytes, random_images, tiny_model, write_folder, write_parquet
 

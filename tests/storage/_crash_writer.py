@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from atlas_samples import write_small
-from storage import AtlasWriter, publish
+from loupe.storage import AtlasWriter, publish
 
 
 def hang(message: str) -> None:

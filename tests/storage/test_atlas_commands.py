@@ -6,8 +6,8 @@ import argparse
 import json
 
 from atlas_samples import write_small
-from jobs.atlas_commands import add_atlas_commands
-from storage import AtlasWriter, list_versions
+from loupe.jobs.atlas_commands import add_atlas_commands
+from loupe.storage import AtlasWriter, list_versions
 
 
 def _run(argv: list[str]) -> int:

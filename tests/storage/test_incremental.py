@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from atlas_samples import N_UNITS, declare_small, write_small
-from storage import AtlasWriter, open_atlas
+from loupe.storage import AtlasWriter, open_atlas
 
 
 def test_rebuild_with_nothing_changed_reuses_every_item(target):

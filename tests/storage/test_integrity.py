@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from atlas_samples import write_small
-from storage import AtlasWriter, ChecksumError, StorageError, open_atlas
+from loupe.storage import AtlasWriter, ChecksumError, StorageError, open_atlas
 
 
 def _flip_byte(store, rel: str, offset: int | None = None) -> None:

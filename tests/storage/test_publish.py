@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from atlas_samples import write_small
-from storage import AtlasWriter, PublishConflictError, list_versions, open_atlas, prune, publish
+from loupe.storage import AtlasWriter, PublishConflictError, list_versions, open_atlas, prune, publish
 
 
 def _publish_one(target, seed=0) -> AtlasWriter:

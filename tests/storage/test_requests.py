@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from atlas_samples import N_UNITS, S3Requests, Target, write_small
-from storage import AtlasWriter, open_atlas
+from loupe.storage import AtlasWriter, open_atlas
 
 
 @pytest.fixture

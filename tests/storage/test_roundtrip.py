@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from atlas_samples import N_IMAGES, N_UNITS, write_small
-from storage import AtlasWriter, StorageError, VersionNotFoundError, open_atlas
+from loupe.storage import AtlasWriter, StorageError, VersionNotFoundError, open_atlas
 
 
 def _fs_and_root(target, version):
@@ -146,7 +146,7 @@ def test_bad_writes_are_refused_with_the_item_and_field_named(tmp_path):
 
 
 def test_partials_round_trip_and_are_verified(tmp_path):
-    from storage import AtlasWriter, ChecksumError
+    from loupe.storage import AtlasWriter, ChecksumError
 
     writer = AtlasWriter.create(str(tmp_path / "atlas"))
     with writer.item("scan-1") as item:

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from atlas_samples import write_small
-from storage import AtlasWriter, StorageError, check_writable, open_atlas
-from storage.urls import resolve, s3_options
+from loupe.storage import AtlasWriter, StorageError, check_writable, open_atlas
+from loupe.storage.urls import resolve, s3_options
 
 
 def test_s3_defaults_sit_under_user_options():
