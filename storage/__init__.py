@@ -11,7 +11,8 @@ from loupe.storage.admin import VersionInfo, current_version, item_keys, list_ve
 from loupe.storage.errors import ChecksumError, PublishConflictError, StorageError, VersionNotFoundError
 from loupe.storage.preflight import check_writable
 from loupe.storage.reader import Atlas, open_atlas
-from loupe.storage.writer import AtlasWriter, ItemWriter
+from loupe.storage.item_writer import ItemWriter
+from loupe.storage.writer import AtlasWriter
 
 __all__ = [
     "Atlas",

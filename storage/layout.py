@@ -64,6 +64,11 @@ def published_marker(version: str) -> str:
     return f"{version_dir(version)}/published.json"
 
 
+def lease(version: str) -> str:
+    """The draft's owner: which build may resume, seal and publish this version (see storage/lease.py)."""
+    return f"{version_dir(version)}/lease.json"
+
+
 def items_dir(version: str) -> str:
     return f"{version_dir(version)}/items"
 
@@ -98,3 +103,16 @@ def table_part(table: str, key: str, model: str | None = None, layer: str | None
 def partial(key: str, name: str) -> str:
     """A work item's intermediate result, relative to a version directory (build state only)."""
     return f"partials/{check_name(key, 'work item key')}/{check_name(name, 'partial name')}"
+
+
+BUILD_STATE = "build-state"
+
+
+def build_state_listing(fingerprint: str) -> str:
+    """A dataset listing saved once by the build driver and read by every scan worker."""
+    return f"{BUILD_STATE}/listings/{check_name(fingerprint, 'listing fingerprint')}.parquet"
+
+
+def build_state_receptive_fields(key: str) -> str:
+    """Crop boxes of an architecture's layers, probed once and shared by every scan worker."""
+    return f"{BUILD_STATE}/receptive-fields/{check_name(key, 'receptive-field key')}.npz"

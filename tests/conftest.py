@@ -13,9 +13,12 @@ from pathlib import Path
 # Busy-waiting OpenMP threads make torch 10-30x slower when another process (a Ray actor, a
 # decoding worker) shares the 2 CI cores; passive waiting costs nothing when cores are free.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.s3_faults import FaultyS3
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("LOUPE_SHARED", REPO_ROOT.parent / "shared"))
@@ -100,3 +103,16 @@ def local_ray() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def faulty_s3(s3_endpoint: str) -> Iterator["FaultyS3"]:
+    """A second S3 endpoint on 127.0.0.1 over the same (freshly reset) moto backend, with injectable
+    faults: conditional headers ignored, responses lost after a write, byte ranges mis-served."""
+    from tests.s3_faults import FaultyS3
+
+    server = FaultyS3()
+    try:
+        yield server
+    finally:
+        server.stop()

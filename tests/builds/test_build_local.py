@@ -9,7 +9,7 @@ from loupe.jobs.build import run_build
 from loupe.jobs.config import parse_config
 from loupe.storage import StorageError, list_versions, open_atlas
 
-from build_helpers import atlas_snapshot, tiny_config, write_images
+from tests.builds.build_helpers import atlas_snapshot, tiny_config, write_images
 
 
 def build(config_dict, **kwargs):

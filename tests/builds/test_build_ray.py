@@ -14,7 +14,7 @@ from loupe.jobs.build import run_build
 from loupe.jobs.config import parse_config
 from loupe.storage import list_versions
 
-from build_helpers import atlas_snapshot, save_config, tiny_config, write_images
+from tests.builds.build_helpers import atlas_snapshot, save_config, tiny_config, write_images
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import pytest
 
 from loupe.storage import open_atlas
 
-from build_helpers import save_config, tiny_config, write_images
+from tests.builds.build_helpers import save_config, tiny_config, write_images
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]

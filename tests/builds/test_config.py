@@ -5,7 +5,7 @@ import pytest
 from loupe.jobs.config import ConfigError, load_config, parse_config, parse_units
 from loupe.jobs.resolve import resolve_build
 
-from build_helpers import TINY_MODEL, save_config, tiny_config
+from tests.builds.build_helpers import TINY_MODEL, save_config, tiny_config
 
 
 def errors_of(raw):

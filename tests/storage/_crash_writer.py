@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from atlas_samples import write_small
+from tests.storage.atlas_samples import write_small
 from loupe.storage import AtlasWriter, publish
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atlas_samples import Target
+from tests.storage.atlas_samples import Target
 
 
 @pytest.fixture(params=["local", "s3"])

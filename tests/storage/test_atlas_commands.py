@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from atlas_samples import write_small
+from tests.storage.atlas_samples import write_small
 from loupe.jobs.atlas_commands import add_atlas_commands
 from loupe.storage import AtlasWriter, list_versions
 

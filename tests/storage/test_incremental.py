@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from atlas_samples import N_UNITS, declare_small, write_small
+from tests.storage.atlas_samples import N_UNITS, declare_small, write_small
 from loupe.storage import AtlasWriter, open_atlas
 
 

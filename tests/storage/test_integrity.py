@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atlas_samples import write_small
+from tests.storage.atlas_samples import write_small
 from loupe.storage import AtlasWriter, ChecksumError, StorageError, open_atlas
 
 

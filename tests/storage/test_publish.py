@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atlas_samples import write_small
+from tests.storage.atlas_samples import write_small
 from loupe.storage import AtlasWriter, PublishConflictError, list_versions, open_atlas, prune, publish
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas_samples import N_UNITS, S3Requests, Target, write_small
+from tests.storage.atlas_samples import N_UNITS, S3Requests, Target, write_small
 from loupe.storage import AtlasWriter, open_atlas
 
 

@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 import pytest
 import zarr
 
-from atlas_samples import N_IMAGES, N_UNITS, write_small
+from tests.storage.atlas_samples import N_IMAGES, N_UNITS, write_small
 from loupe.storage import AtlasWriter, StorageError, VersionNotFoundError, open_atlas
 
 

@@ -10,7 +10,7 @@ import boto3
 import pytest
 import requests
 
-from atlas_samples import write_small
+from tests.storage.atlas_samples import write_small
 from loupe.storage import AtlasWriter, StorageError, check_writable, open_atlas
 from loupe.storage.urls import resolve, s3_options
 
