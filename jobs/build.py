@@ -1,8 +1,11 @@
 """The whole build, in order: config -> plan -> (render | scan) -> reduce -> publish.
 
-Everything that can fail cheaply (config, models, layers, units, storage, dataset listing) fails
-before the first item runs. A build resumes an interrupted draft of the same config, reuses every
-finished item of the published version, and publishes only when every planned item is complete.
+Everything that can fail cheaply fails before the first item runs, and in this order, so a typo
+never touches storage: config, then models, layers and units, then storage (reachable, enforces
+conditional writes), then the dataset listing. The atlas's state is read once (one snapshot). A
+build owns its draft through a lease: it resumes an interrupted draft of the same config only if
+no live build holds it (else it stops, naming the holder), publishes a sealed-but-unpublished
+version as it is, and otherwise starts a new version that copies every finished item it can.
 """
 
 from __future__ import annotations
@@ -17,9 +20,18 @@ from loupe.jobs.config import BuildConfig
 from loupe.jobs.plan import CODE_VERSIONS, WorkItem, model_identity, plan_renders
 from loupe.jobs.progress import BuildSummary, Progress
 from loupe.jobs.resolve import ResolvedModel, resolve_build
-from loupe.storage import AtlasWriter, PublishConflictError, check_writable, current_version, item_keys, list_versions
+from loupe.storage import AtlasState, AtlasWriter, PublishConflictError, VersionStatus, check_writable, item_keys, read_state
 from loupe.storage.checksums import canonical_json
+from loupe.storage.lease import DEFAULT_TTL_S
 from loupe.storage.manifest import config_digest
+from loupe.storage.objects import ObjectStore
+from loupe.storage.probe import require_conditional_writes
+from loupe.storage.urls import resolve
+
+#: How long a build's draft lease lasts without a heartbeat (renewed every third of it).
+LEASE_TTL_S = DEFAULT_TTL_S
+#: Recorded in every version; "nothing changed" needs the same item keys and the same code version.
+CODE_VERSION = json.dumps(CODE_VERSIONS, sort_keys=True)
 
 
 @dataclass
@@ -34,10 +46,15 @@ class BuildPlan:
 
 
 def make_plan(config: BuildConfig, *, device: str | None = None) -> BuildPlan:
-    """Validate against storage and the real models, list the dataset once, and key every item."""
-    check_writable(config.atlas.url, config.atlas.storage_options)
-    listing = scan_items.list_dataset(config.scan) if config.scan and config.scan.enabled else None
+    """Check the real models, then storage, then list the dataset once, and key every item.
+
+    Models, layers and units come first: their errors must not create an atlas folder or list a
+    (possibly huge) dataset.
+    """
     models = resolve_build(config, with_weights=True, device=device)
+    check_writable(config.atlas.url, config.atlas.storage_options)
+    require_conditional_writes(ObjectStore(resolve(config.atlas.url, config.atlas.storage_options)))
+    listing = scan_items.list_dataset(config.scan) if config.scan and config.scan.enabled else None
     items: dict[str, list[WorkItem]] = {}
     for index, model in enumerate(models):
         planned = plan_renders(model)
@@ -74,20 +91,48 @@ def run_build(
                 f"model {model.id} uses RANDOM weights (weights: none): its pictures show an untrained network"
             )
 
-    published = current_version(url, options)
-    fingerprint = config_fingerprint(config)
-    if published and _unchanged(url, published, wanted, config_digest(fingerprint), options):
-        summary.version, summary.unchanged, summary.reused = published, True, len(wanted)
+    state = read_state(url, options)
+    if _unchanged(state, wanted):
+        summary.version, summary.unchanged, summary.reused = state.current, True, len(wanted)
         summary.seconds = time.perf_counter() - started
-        log(f"nothing changed: version {published} already holds all {len(wanted)} items")
+        log(f"nothing changed: version {state.current} already holds all {len(wanted)} items with this code version "
+            "(decided on item keys and code version; settings that change no output, such as resources, are not "
+            "compared, so the version's recorded config may differ from this one in those)")
         return summary
 
-    writer = _open_writer(plan, fingerprint, published)
-    summary.version = writer.version
+    fingerprint = config_fingerprint(config)
+    writer = _open_writer(plan, state, fingerprint, wanted)
+    try:
+        writer.lease.start_heartbeat()
+        summary.version = writer.version
+        if writer.is_sealed():
+            summary.already_done = len(wanted)
+            log(f"publishing version {writer.version}: an earlier build sealed it but stopped before the pointer swap")
+        else:
+            _run_items(plan, state, writer, summary, executor, address, progress, log, threads)
+        summary.seconds = time.perf_counter() - started
+        if summary.failed:
+            summary.notes.append("rerun the same command to retry the failed items; finished items are kept")
+            return summary
+        try:
+            writer.publish(expected_items=wanted)
+            summary.published = True
+        except PublishConflictError as exc:
+            summary.notes.append(str(exc))
+    finally:
+        writer.release()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _run_items(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary: BuildSummary, executor: str,
+               address: str | None, progress: bool | None, log: Callable[[str], None], threads: int | None) -> None:
+    """Reuse what exists, then execute the rest; Ray starts only if some item is left to run."""
+    config, wanted = plan.config, plan.all_keys()
     _declare_arrays(writer, plan)  # before reuse: an item is reused only into arrays of the same layout
     done = writer.completed_items() & wanted
     summary.already_done = len(done)
-    for source in _reuse_sources(url, options, published, writer.version):
+    for source in _reuse_sources(state, writer.version):
         missing = wanted - done
         if not missing:
             break
@@ -95,7 +140,7 @@ def run_build(
         summary.reused += len(reused)
         done |= reused
 
-    if executor == "ray":
+    if executor == "ray" and wanted - done:
         log(f"executing on {execute.connect_ray(address)}")
     for model in plan.models:
         model_items = plan.items[model.id]
@@ -108,21 +153,11 @@ def run_build(
         if reduce and not scans_failed:  # a reduce reads every scan shard's partial
             failed.update(_execute(reduce, model, plan, writer, config, executor, progress, f"{model.id} reduce",
                                    summary, threads).failed)
+        # A draft deleted or taken over while items ran explains any failure better than the failures do.
+        writer.lease.renew()
         summary.failed += sorted(failed)
         for key, reason in sorted(failed.items()):
             log(f"item {key} failed: {reason}")
-
-    summary.seconds = time.perf_counter() - started
-    if summary.failed:
-        summary.notes.append("rerun the same command to retry the failed items; finished items are kept")
-        return summary
-    try:
-        writer.publish(expected_items=wanted)
-        summary.published = True
-    except PublishConflictError as exc:
-        summary.notes.append(str(exc))
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _execute(items, model, plan, writer, config, executor, progress, desc, summary, threads) -> execute.Outcome:
@@ -136,7 +171,7 @@ def _execute(items, model, plan, writer, config, executor, progress, desc, summa
     if any(item.stage == "scan" for item in items):
         # Crop boxes depend only on the architecture: probe once here and share them through
         # storage (small constructor arguments keep Ray actors restartable), not once per actor.
-        runner_args["scan_context"]["receptive_fields_url"] = scan_items.save_receptive_fields(writer, model)
+        runner_args["scan_context"]["receptive_fields"] = scan_items.save_receptive_fields(writer, model)
     bar = Progress(len(items), sum(i.cost for i in items), desc, enabled=progress)
 
     def finished(item: WorkItem, result: dict[str, Any]) -> None:
@@ -159,32 +194,39 @@ def _execute(items, model, plan, writer, config, executor, progress, desc, summa
         bar.close()
 
 
-def _unchanged(url: str, version: str, wanted: set[str], config_sha: str, options: dict) -> bool:
-    versions = {v.version: v for v in list_versions(url, options)}
-    info = versions.get(version)
-    return info is not None and info.config_sha256 == config_sha and item_keys(url, version, options) == wanted
+def _unchanged(state: AtlasState, wanted: set[str]) -> bool:
+    """The published version already holds exactly these items, made by this code version."""
+    info = state.info(state.current)
+    return info is not None and info.code_version == CODE_VERSION and state.current_items == wanted
 
 
-def _open_writer(plan: BuildPlan, fingerprint: dict, published: str | None) -> AtlasWriter:
-    """Resume the newest interrupted draft of this same config on top of the same base, else start one."""
+def _open_writer(plan: BuildPlan, state: AtlasState, fingerprint: dict, wanted: set[str]) -> AtlasWriter:
+    """Own the draft this build continues, or a new one.
+
+    In order: a sealed, never-published version of exactly these items on top of the published
+    version (a build stopped between seal and pointer swap) is published as it is; else the newest
+    interrupted draft of this config on the same base is resumed; else a new version starts.
+    Taking the lease of a version that a live build holds raises LeaseHeldError, naming it.
+    """
     config = plan.config
     url, options = config.atlas.url, config.atlas.storage_options
     sha = config_digest(fingerprint)
-    for info in reversed(list_versions(url, options)):
-        if info.status == "building" and info.config_sha256 == sha:
-            writer = AtlasWriter.resume(url, info.version, options)
-            if writer.base_version == published:
-                return writer
+    for info in state.unpublished():
+        if info.base_version != state.current or info.code_version != CODE_VERSION:
+            continue
+        if info.status is VersionStatus.COMPLETE and item_keys(url, info.version, options) == wanted:
+            return AtlasWriter.resume(url, info.version, options, take_lease=True, lease_ttl_s=LEASE_TTL_S)
+        if info.status is VersionStatus.BUILDING and info.config_sha256 == sha:
+            return AtlasWriter.resume(url, info.version, options, take_lease=True, lease_ttl_s=LEASE_TTL_S)
     models = {m.id: {**model_identity(m), "weights": m.config.weights} for m in plan.models}
-    return AtlasWriter.create(url, config=fingerprint, models=models, code_version=json.dumps(CODE_VERSIONS, sort_keys=True),
-                              storage_options=options, base_version=published)
+    return AtlasWriter.create(url, config=fingerprint, models=models, code_version=CODE_VERSION,
+                              storage_options=options, base_version=state.current, lease_ttl_s=LEASE_TTL_S)
 
 
-def _reuse_sources(url: str, options: dict, published: str | None, own: str) -> list[str]:
-    """Where finished items may be copied from: the published version, then newer unpublished drafts."""
-    sources = [published] if published else []
-    drafts = [v.version for v in list_versions(url, options) if v.status in ("building", "complete") and v.version != own]
-    return sources + sorted(drafts, reverse=True)[:3]
+def _reuse_sources(state: AtlasState, own: str) -> list[str]:
+    """Where finished items may be copied from: the published version, then the newest unpublished ones."""
+    sources = [state.current] if state.current else []
+    return sources + [v.version for v in state.unpublished() if v.version != own][:3]
 
 
 def _declare_arrays(writer: AtlasWriter, plan: BuildPlan) -> None:

@@ -174,10 +174,12 @@ class BuildConfig(_Strict):
 
 
 def parse_units(spec: Any, channels: int, where: str) -> list[int]:
-    """'all', an int, 'a-b' (inclusive), or a list of those -> sorted unique unit indices."""
+    """'all', an int, 'a-b' (inclusive), a comma-separated string or a list of those -> sorted unique unit indices."""
     if spec == "all" or spec is None:
         return list(range(channels))
     items = spec if isinstance(spec, list) else [spec]
+    items = [part.strip() if isinstance(item, str) else part
+             for item in items for part in (item.split(",") if isinstance(item, str) else [item])]
     units: set[int] = set()
     for item in items:
         if isinstance(item, bool):

@@ -15,7 +15,7 @@ from typing import Any
 from loupe.jobs.resolve import ResolvedModel
 
 #: Bump when a stage's algorithm changes its output for the same inputs; invalidates that stage only.
-CODE_VERSIONS = {"render": "render-1", "scan": "scan-1", "reduce": "reduce-1"}
+CODE_VERSIONS = {"render": "render-1", "scan": "scan-2", "reduce": "reduce-1"}
 
 
 @dataclass(frozen=True)

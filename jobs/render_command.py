@@ -32,7 +32,7 @@ def add_render_command(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=512, help="optimization steps (default 512)")
     parser.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same image")
-    parser.add_argument("--diversity", type=int, default=4, help="images for --kind diversity (default 4)")
+    parser.add_argument("--images-per-unit", type=int, default=4, help="images per unit for --kind diversity (default 4)")
     parser.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
                         help="input normalization mean, overriding what the weights declare")
     parser.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
@@ -70,7 +70,7 @@ def run_render(args: argparse.Namespace) -> int:
         state_dict_key=args.state_dict_key, strip_prefix=args.strip_prefix,
     )
     model.unit(f"{layer}:{unit}")  # unknown layer or unit: a clear error before any work
-    settings = RenderSettings(size=args.size, steps=args.steps, diversity=args.diversity)
+    settings = RenderSettings(size=args.size, steps=args.steps, images_per_unit=args.images_per_unit)
     print(f"rendering {layer}:{unit} ({args.kind}) of {model.describe()}")
     renders = render_units(model, layer, [unit], args.kind, settings, seed=args.seed, progress=args.progress)
     _save_png(np.concatenate(list(renders.images), axis=1), out)

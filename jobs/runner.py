@@ -10,15 +10,10 @@ import os
 import time
 from typing import Any
 
-import numpy as np
-
 from loupe.jobs.config import ModelConfig
 from loupe.jobs.plan import WorkItem
 from loupe.jobs.resolve import build_model
 from loupe.storage import AtlasWriter
-
-#: Config kind names -> pipeline.featurevis kind names.
-FEATUREVIS_KINDS = {"channel": "channel", "neuron": "neuron", "negative": "negative_channel", "diversity": "diversity"}
 
 
 class ItemRunner:
@@ -37,6 +32,8 @@ class ItemRunner:
     ) -> None:
         import torch
 
+        # For scans (exact whatever the thread count); renders pin their own count (RenderSettings.threads)
+        # so an item's bytes do not depend on which executor ran it.
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         self.config = ModelConfig.model_validate(model_config)
@@ -63,31 +60,20 @@ class ItemRunner:
                 "seconds": time.perf_counter() - started, "pid": os.getpid(), **extra}
 
     def _render(self, item: WorkItem) -> dict[str, Any]:
+        """Render the item's units in one call and write them as one shard object (units need not be
+        consecutive: each object is encoded once from all of them, so none is overwritten)."""
         from loupe.pipeline.featurevis import RenderSettings, render_units
 
         spec = item.spec
-        kind = FEATUREVIS_KINDS[spec["kind"]]
+        kind, units = spec["kind"], spec["units"]
         per_unit = spec["images"] if kind == "diversity" else 1
-        extra = {"diversity": per_unit} if kind == "diversity" else {}
-        settings = RenderSettings(size=spec["size"], steps=spec["steps"], **extra)
-        renders = render_units(self.model, spec["layer"], spec["units"], kind, settings,
-                               seed=spec["seed"], batch_size=len(spec["units"]) * per_unit)
+        settings = RenderSettings(size=spec["size"], steps=spec["steps"], images_per_unit=per_unit)
+        renders = render_units(self.model, spec["layer"], units, kind, settings,
+                               seed=spec["seed"], batch_size=len(units) * per_unit)
         images, objective = renders.images, renders.activations
         if kind == "diversity":
-            images = images.reshape(len(spec["units"]), per_unit, *images.shape[1:])
-            objective = objective.reshape(len(spec["units"]), per_unit)
-        units = np.asarray(spec["units"])
+            images = images.reshape(len(units), per_unit, *images.shape[1:])
+            objective = objective.reshape(len(units), per_unit)
         with self.writer.item(item.key, {"stage": "render", **spec}) as out:
-            for start, stop in contiguous_runs(units):
-                out.write_render_block(self.config.id, spec["layer"], spec["kind"], int(units[start]),
-                                       images[start:stop], objective[start:stop])
+            out.write_renders(self.config.id, spec["layer"], kind, units, images, objective)
         return {}
-
-
-def contiguous_runs(units: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) positions of runs of consecutive unit indices, e.g. [3,4,5,9] -> [(0,3),(3,4)]."""
-    if len(units) == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(units) != 1) + 1
-    edges = [0, *breaks.tolist(), len(units)]
-    return list(zip(edges[:-1], edges[1:]))

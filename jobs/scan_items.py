@@ -3,22 +3,27 @@
 A scan item streams its shard's pooled activations straight into the atlas (each shard owns its
 chunks) and saves its mergeable result as a partial; the reduce item merges every shard's partial
 into the per-unit statistics and top/bottom examples tables.
+
+Everything shared through storage is plain data written and verified by `loupe.storage.build_state`:
+the listing as Parquet, receptive fields and scan partials as npz of numbers (`ScanResult.state()`),
+never pickles, so a planted object is refused with its URL instead of run.
 """
 
 from __future__ import annotations
 
-import pickle
+import hashlib
+import json
 from typing import Any
 
 from loupe.jobs.config import ScanConfig
 from loupe.jobs.plan import WorkItem, content_key, model_identity
 from loupe.jobs.resolve import ResolvedModel
 from loupe.pipeline.data import Listing, LoaderOptions, list_images
-from loupe.storage import AtlasWriter, plan_image_chunks
+from loupe.pipeline.errors import LoupeError
+from loupe.storage import AtlasWriter, StorageError, plan_image_chunks
+from loupe.storage.build_state import BuildState, partial_url, read_partial_arrays, write_partial_arrays
 
-PARTIAL = "scan-result.pickle"
-LISTINGS = "build-state/listings"
-FIELDS = "build-state/receptive-fields"
+PARTIAL = "scan-result.npz"
 
 
 def list_dataset(scan: ScanConfig) -> Listing:
@@ -28,11 +33,6 @@ def list_dataset(scan: ScanConfig) -> Listing:
                        image_column=dataset.image_column, id_column=dataset.id_column)
 
 
-def listing_url(atlas_url: str, fingerprint: str) -> str:
-    """Where a build saves its dataset listing, keyed by the listing's fingerprint."""
-    return f"{atlas_url.rstrip('/')}/{LISTINGS}/{fingerprint}.parquet"
-
-
 def scan_context(scan: ScanConfig | None, listing: Listing | None) -> dict[str, Any] | None:
     if scan is None or listing is None:
         return None
@@ -40,38 +40,50 @@ def scan_context(scan: ScanConfig | None, listing: Listing | None) -> dict[str, 
 
 
 def save_receptive_fields(writer: AtlasWriter, model: ResolvedModel) -> str:
-    """Probe the exact crop boxes of every scanned layer once and save them for the scan workers.
+    """Probe the exact crop boxes of every scanned layer once, save them for the scan workers, return their key.
 
-    They depend only on the architecture and input size, so the file is keyed by those and reused
-    by later builds.
+    They depend only on the architecture and input size, so they are keyed by those and reused by
+    later builds; a saved copy is read back (verified) here, so a bad one fails the build before
+    any item runs.
     """
-    import hashlib
-    import json
-
-    import fsspec
-
-    from loupe.pipeline.scan import probe_receptive_fields
+    from loupe.pipeline.scan import fields_state, probe_receptive_fields
 
     layers = scanned_layers(model)
     identity = json.dumps({"source": model.config.source, "kwargs": model.config.model_kwargs,
                            "input_size": model.model.preprocessing.input_size, "layers": layers}, sort_keys=True)
-    url = f"{writer.url.rstrip('/')}/{FIELDS}/{hashlib.sha256(identity.encode()).hexdigest()[:32]}.pickle"
-    fs, path = fsspec.core.url_to_fs(url, **writer_options(writer))
-    if not fs.exists(path):
-        fields = probe_receptive_fields(model.model, layers)
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        fs.pipe_file(path, pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL))
-    return url
+    key = hashlib.sha256(identity.encode()).hexdigest()[:32]
+    state = BuildState.of(writer)
+    if _decode_fields(state, key) is None:
+        state.put_receptive_fields(key, fields_state(probe_receptive_fields(model.model, layers)))
+    return key
+
+
+def _decode_fields(state: BuildState, key: str) -> dict | None:
+    from loupe.pipeline.scan import fields_from_state
+
+    arrays = state.get_receptive_fields(key)
+    if arrays is None:
+        return None
+    try:
+        return fields_from_state(arrays)
+    except LoupeError as exc:
+        url = state.receptive_fields_url(key)
+        raise StorageError(f"receptive fields {url} are malformed: {exc}", url=url) from None
 
 
 def _receptive_fields(runner) -> dict | None:
-    url = (runner.scan_context or {}).get("receptive_fields_url")
-    if not url:
+    """The fields the driver saved (verified on every read), once per actor."""
+    context = runner.scan_context or {}
+    key = context.get("receptive_fields")
+    if not key:
         return None
-    import fsspec
-
-    with fsspec.open(url, "rb", **writer_options(runner.writer)) as handle:
-        return pickle.loads(handle.read())
+    cached = getattr(runner, "_receptive_fields", None)
+    if cached is None or cached[0] != key:
+        fields = _decode_fields(BuildState.of(runner.writer), key)
+        if fields is None:
+            raise StorageError(f"receptive fields {key} were not saved in {runner.writer.url}/build-state", url=runner.writer.url)
+        runner._receptive_fields = cached = (key, fields)
+    return cached[1]
 
 
 def scanned_layers(model: ResolvedModel) -> list[str]:
@@ -102,12 +114,7 @@ def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write
 
 def declare_scan_arrays(writer: AtlasWriter, model: ResolvedModel, scan: ScanConfig, listing: Listing) -> None:
     """Declare pooled-activation arrays (images x channels, chunked like the shards) and save the listing."""
-    import fsspec
-
-    url = listing_url(writer.url, listing.fingerprint)
-    fs, path = fsspec.core.url_to_fs(url, **writer_options(writer))
-    if not fs.exists(path):  # saved once, shared by every worker and later builds
-        listing.save(url, storage_options=writer_options(writer))
+    save_listing(writer, listing)
     if not scan.pooled_activations:
         return
     per_chunk, _ = plan_image_chunks(len(listing), min(scan.shards, len(listing)))
@@ -116,8 +123,27 @@ def declare_scan_arrays(writer: AtlasWriter, model: ResolvedModel, scan: ScanCon
                                    n_channels=layer.info.channels, images_per_chunk=per_chunk)
 
 
-def writer_options(writer: AtlasWriter) -> dict[str, Any]:
-    return dict(writer.store.location.options or {})
+def save_listing(writer: AtlasWriter, listing: Listing) -> None:
+    """Save the listing once for every worker and later build; a saved one is verified here, before compute."""
+    state = BuildState.of(writer)
+    if load_listing(state, listing.fingerprint) is None:
+        state.put_listing(listing.fingerprint, listing.to_table())
+
+
+def load_listing(state: BuildState, fingerprint: str) -> Listing | None:
+    """The saved listing with this fingerprint (checksum, format and fingerprint verified), or None."""
+    table = state.get_listing(fingerprint)
+    if table is None:
+        return None
+    url = state.listing_url(fingerprint)
+    try:
+        loaded = Listing.from_table(table, url)
+    except LoupeError as exc:
+        raise StorageError(str(exc), url=url) from None
+    if loaded.fingerprint != fingerprint:
+        raise StorageError(f"listing {url} describes listing {loaded.fingerprint[:16]}..., not {fingerprint[:16]}...",
+                           url=url)
+    return loaded
 
 
 def run_scan_stage(runner, item: WorkItem) -> dict[str, Any]:
@@ -132,7 +158,9 @@ def run_scan_stage(runner, item: WorkItem) -> dict[str, Any]:
 def _listing(runner, fingerprint: str) -> Listing:
     cached = getattr(runner, "_listing", None)
     if cached is None or cached.fingerprint != fingerprint:
-        cached = Listing.load(listing_url(runner.writer.url, fingerprint), storage_options=writer_options(runner.writer))
+        cached = load_listing(BuildState.of(runner.writer), fingerprint)
+        if cached is None:
+            raise StorageError(f"listing {fingerprint} was not saved in {runner.writer.url}/build-state", url=runner.writer.url)
         runner._listing = cached
     return cached
 
@@ -159,16 +187,13 @@ def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
             storage_options=context.get("dataset_storage_options"),
             on_chunk=write_chunk if spec["pooled"] else None,
         )
-        out.write_partial(PARTIAL, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        write_partial_arrays(out, PARTIAL, result.state())
     return {"images": result.scanned, "skipped": len(result.skipped)}
 
 
 def _run_reduce(runner, item: WorkItem) -> dict[str, Any]:
-    from loupe.pipeline.scan import merge_results
-
     spec = item.spec
-    partials = [pickle.loads(runner.writer.read_partial(key, PARTIAL)) for key in spec["scan_items"]]
-    merged = merge_results(partials)
+    merged = merge_partials(runner.writer, spec["scan_items"])
     model_id = runner.config.id
     units, examples = merged.units_table().drop_columns(["model"]), merged.examples_table().drop_columns(["model"])
     skipped = [{"image_id": s.image_id, "reason": s.reason} for s in merged.skipped]
@@ -180,6 +205,20 @@ def _run_reduce(runner, item: WorkItem) -> dict[str, Any]:
         if spec["write_images"]:
             out.write_images(_listing(runner, spec["listing"]).images_table())
     return {"images": 0, "skipped": len(skipped)}
+
+
+def merge_partials(writer: AtlasWriter, keys: list[str]):
+    """Merge the scan shards' partials (verified plain arrays) into one ScanResult."""
+    from loupe.pipeline.scan import ScanResult, merge_results
+
+    def load(key: str) -> ScanResult:
+        try:
+            return ScanResult.from_state(read_partial_arrays(writer, key, PARTIAL))
+        except LoupeError as exc:
+            url = partial_url(writer, key, PARTIAL)
+            raise StorageError(f"scan partial {url} of work item {key} is malformed: {exc}", url=url) from None
+
+    return merge_results(load(key) for key in keys)
 
 
 def _column_equals(table, column: str, value: str):

@@ -7,21 +7,31 @@ write renders / activations / tables -> `writer.reuse_items(...)` for unchanged 
 """
 
 from loupe.storage.activations import plan_image_chunks
-from loupe.storage.admin import VersionInfo, current_version, item_keys, list_versions, prune
+from loupe.storage.build_state import BuildState
+from loupe.storage.admin import AtlasState, VersionInfo, current_version, item_keys, list_versions, prune, read_state
 from loupe.storage.errors import ChecksumError, PublishConflictError, StorageError, VersionNotFoundError
 from loupe.storage.preflight import check_writable
 from loupe.storage.reader import Atlas, open_atlas
 from loupe.storage.item_writer import ItemWriter
+from loupe.storage.lease import LeaseHeldError, LeaseLostError
+from loupe.storage.probe import ConditionalWritesIgnoredError
+from loupe.storage.status import VersionStatus
 from loupe.storage.writer import AtlasWriter
 
 __all__ = [
     "Atlas",
+    "AtlasState",
     "AtlasWriter",
+    "BuildState",
     "ChecksumError",
+    "ConditionalWritesIgnoredError",
     "ItemWriter",
+    "LeaseHeldError",
+    "LeaseLostError",
     "PublishConflictError",
     "StorageError",
     "VersionInfo",
+    "VersionStatus",
     "VersionNotFoundError",
     "check_writable",
     "current_version",
@@ -30,4 +40,5 @@ __all__ = [
     "open_atlas",
     "plan_image_chunks",
     "prune",
+    "read_state",
 ]

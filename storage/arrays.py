@@ -9,7 +9,7 @@ first), gives us the bytes to checksum, and produces exactly what stock zarr wou
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
@@ -54,11 +54,33 @@ def metadata_bytes(
 
 def encode_region(metadata: bytes, region: tuple[slice, ...], values: np.ndarray) -> dict[str, bytes]:
     """Encode `values` written at `region` of an empty array; returns {chunk key: object bytes}."""
+    return _encode(metadata, [(region, values)])
+
+
+def encode_rows(metadata: bytes, rows: Sequence[int], values: np.ndarray) -> dict[str, bytes]:
+    """Encode `values[i]` at first-axis index `rows[i]` (strictly increasing) of an empty array.
+
+    Every object comes out of one encode holding all the rows, so a sparse set of rows inside one
+    shard still yields each object exactly once; rows not given stay the fill value (inside a
+    shard: inner chunks that are simply absent).
+    """
+    rows = [int(r) for r in rows]
+    writes = []
+    start = 0
+    for stop in range(1, len(rows) + 1):
+        if stop == len(rows) or rows[stop] != rows[stop - 1] + 1:
+            writes.append(((slice(rows[start], rows[stop - 1] + 1),), values[start:stop]))
+            start = stop
+    return _encode(metadata, writes)
+
+
+def _encode(metadata: bytes, writes: list[tuple[tuple[slice, ...], np.ndarray]]) -> dict[str, bytes]:
     store_dict: dict = {METADATA_KEY: CpuBuffer.from_bytes(metadata)}
     # write_empty_chunks: an all-black render still gets its object, so every item always writes
     # the same set of objects (no stale object survives a rewrite, reuse copies what exists).
     array = open_from_metadata(MemoryStore(store_dict), "", metadata, config={"write_empty_chunks": True})
-    array[region] = values
+    for region, values in writes:
+        array[region] = values
     return {k: v.to_bytes() for k, v in store_dict.items() if k != METADATA_KEY}
 
 

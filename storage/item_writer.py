@@ -38,6 +38,12 @@ class ItemWriter:
             self.commit()
 
     def _put(self, path: str, data: bytes) -> None:
+        """Upload one object; a second write of the same object in one item is refused, since the
+        later bytes would silently replace what the record says the first write covered."""
+        if path in self.record.objects:
+            raise StorageError(
+                f"work item {self.key} wrote {path} twice; an item must encode each object once from all its data"
+            )
         self.record.objects[path] = self.writer.store.put(self.writer._rel(path), data)
 
     def _track_array(self, path: str, meta: bytes) -> None:
@@ -45,26 +51,37 @@ class ItemWriter:
 
     def write_render_block(self, model: str, layer: str, kind: str, unit_start: int, images: np.ndarray,
                            objective: np.ndarray | Sequence[float]) -> None:
-        """Write renders of units unit_start.. (uint8 [n, H, W, 3], or [n, S, H, W, 3] with samples)
-        and their final objective values ([n] or [n, S]); the units must lie inside one shard."""
+        """Write renders of the consecutive units unit_start.. (see write_renders)."""
+        count = images.shape[0] if isinstance(images, np.ndarray) and images.ndim else 0
+        self.write_renders(model, layer, kind, range(int(unit_start), int(unit_start) + count), images, objective)
+
+    def write_renders(self, model: str, layer: str, kind: str, units: Sequence[int], images: np.ndarray,
+                      objective: np.ndarray | Sequence[float]) -> None:
+        """Write renders of `units` (strictly increasing, inside one shard; uint8 [n, H, W, 3], or
+        [n, S, H, W, 3] with samples) and their final objective values ([n] or [n, S]).
+
+        The shard and the objective chunk are each encoded once from all the units, so a sparse
+        set such as [3, 4, 6] lands in one object; units not listed stay absent and uncovered.
+        """
         where = f"work item {self.key}: renders of {model}/{layer}/{kind}"
         images_path = layout.render_array(model, layer, kind)
         objective_path = layout.objective_array(model, layer, kind)
         images_meta = self.writer.array_metadata(images_path)
         objective_meta = self.writer.array_metadata(objective_path)
         geometry = renders.geometry_from_metadata(json.loads(images_meta))
+        unit_ids = np.asarray(list(units), dtype=np.int64)
         objective = np.asarray(objective, dtype=np.float32)
-        renders.check_block(geometry, int(unit_start), images, objective, where)
-        image_objs, objective_objs = renders.encode_block(images_meta, objective_meta, int(unit_start), images, objective)
+        renders.check_units(geometry, unit_ids, images, objective, where)
+        image_objs, objective_objs = renders.encode_units(images_meta, objective_meta, unit_ids, images, objective)
         for key, data in image_objs.items():
             self._put(f"{images_path}/{key}", data)
         for key, data in objective_objs.items():
             self._put(f"{objective_path}/{key}", data)
         self._track_array(images_path, images_meta)
         self._track_array(objective_path, objective_meta)
-        self.record.covers.append({"type": "renders", "model": model, "layer": layer, "kind": kind,
-                                   "array": images_path, "objective": objective_path,
-                                   "units": [int(unit_start), int(unit_start) + int(images.shape[0])]})
+        for start, stop in manifest.to_ranges(unit_ids.tolist()):
+            self.record.covers.append({"type": "renders", "model": model, "layer": layer, "kind": kind,
+                                       "array": images_path, "objective": objective_path, "units": [start, stop]})
 
     def write_activations(self, model: str, layer: str, image_start: int, **pooled: np.ndarray) -> None:
         """Write a scan shard's pooled activations, e.g. max=[n, C], mean=[n, C], for images

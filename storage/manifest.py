@@ -16,9 +16,7 @@ from loupe.storage import layout
 from loupe.storage.checksums import canonical_json, sha256
 from loupe.storage.completion import ItemRecord
 from loupe.storage.errors import StorageError
-
-STATUS_BUILDING = "building"
-STATUS_COMPLETE = "complete"
+from loupe.storage.status import VersionStatus
 
 
 def utc_now() -> str:
@@ -122,7 +120,7 @@ def build(draft: dict, records: list[ItemRecord], array_entries: dict[str, tuple
     manifest = {
         "format": layout.FORMAT,
         "version": draft["version"],
-        "status": STATUS_COMPLETE,
+        "status": VersionStatus.COMPLETE.value,
         "created_at": draft.get("created_at"),
         "sealed_at": utc_now(),
         "base_version": draft.get("base_version"),

@@ -8,13 +8,44 @@ atomic rename, so a killed writer never leaves a torn object behind under its fi
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import tempfile
-from typing import Iterable
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 
-from loupe.storage import checksums
+from loupe.storage import checksums, layout
 from loupe.storage.errors import StorageError
 from loupe.storage.urls import Location
+
+
+#: Serialises conditional writes on stores with no atomic primitive (memory:// in tests).
+_PROCESS_LOCK = threading.Lock()
+
+
+class ConditionFailedError(StorageError):
+    """A conditional write found the object already present, or changed since it was read."""
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """An object's bytes with the tag a conditional write must name to replace exactly this content
+    (the S3 ETag; locally the SHA-256 of the bytes)."""
+
+    data: bytes
+    tag: str
+
+
+def s3_error_code(exc: BaseException) -> str:
+    """The S3 error code (e.g. PreconditionFailed) behind an s3fs/botocore exception, or ''."""
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            return response.get("Error", {}).get("Code", "")
+    return ""
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -147,6 +178,110 @@ class ObjectStore:
         except Exception as exc:
             raise self._fail("copy objects under", "", exc) from exc
 
+    # ---- conditional writes: the only primitives that decide ownership and publication -------
+    def get_tagged(self, rel: str) -> Tagged | None:
+        """Read one whole object with its tag, or None if it does not exist."""
+        if not self.location.is_s3:
+            data = self.get_optional(rel)
+            return None if data is None else Tagged(data, checksums.sha256(data))
+        from fsspec.asyn import sync
+
+        bucket, key, _ = self.fs.split_path(self.location.path(rel))
+
+        async def get() -> Tagged | None:
+            try:
+                response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            except FileNotFoundError:
+                return None
+            try:
+                return Tagged(await response["Body"].read(), response["ETag"])
+            finally:
+                response["Body"].close()
+
+        try:
+            return sync(self.fs.loop, get)
+        except Exception as exc:
+            raise self._fail("read", rel, exc) from exc
+
+    def put_conditional(self, rel: str, data: bytes, *, expected_tag: str | None) -> str:
+        """Write `data` only if the object is absent (expected_tag None) or still has `expected_tag`.
+
+        Returns the new tag. Raises ConditionFailedError when the condition does not hold. A write
+        whose answer was lost (a 5xx, then a retry that meets its own write) is settled by reading
+        the object back: our own bytes there mean the write happened.
+        """
+        if self.location.is_s3:
+            return self._put_conditional_s3(rel, data, expected_tag)
+        with self.exclusive():
+            current = self.get_tagged(rel)
+            if (current.tag if current else None) != expected_tag:
+                raise self._condition_failed(rel, expected_tag)
+            if not self.location.is_local:
+                self.put(rel, data)
+                return checksums.sha256(data)
+            try:
+                _atomic_local_write(self.location.path(rel), data, durable=True)
+            except Exception as exc:
+                raise self._fail("write", rel, exc) from exc
+        return checksums.sha256(data)
+
+    def _condition_failed(self, rel: str, expected_tag: str | None) -> ConditionFailedError:
+        url = self.location.url_of(rel)
+        state = "already exists" if expected_tag is None else "changed since it was read"
+        return ConditionFailedError(f"conditional write of {url} refused: the object {state}", url=url)
+
+    def _put_conditional_s3(self, rel: str, data: bytes, expected_tag: str | None) -> str:
+        bucket, key, _ = self.fs.split_path(self.location.path(rel))
+        condition = {"IfMatch": expected_tag} if expected_tag else {"IfNoneMatch": "*"}
+        try:
+            response = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data,
+                                       ContentType="application/json", **condition)
+            return response["ETag"]
+        except Exception as exc:
+            try:
+                landed = self.get_tagged(rel)
+            except StorageError:
+                landed = None
+            if landed is not None and landed.data == data:
+                return landed.tag
+            code = s3_error_code(exc)
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or isinstance(exc, FileExistsError):
+                raise self._condition_failed(rel, expected_tag) from exc
+            if expected_tag and code != "NoSuchBucket" and (code == "NoSuchKey" or isinstance(exc, FileNotFoundError)):
+                raise self._condition_failed(rel, expected_tag) from exc  # If-Match on an object now gone
+            if code in ("NotImplemented", "InvalidArgument"):
+                url = self.location.url_of(rel)
+                raise StorageError(
+                    f"cannot write {url}: the store rejected a conditional write ({code}); Loupe needs S3 "
+                    "conditional writes (If-Match / If-None-Match on PutObject) to own drafts and publish safely",
+                    url=url) from exc
+            raise self._fail("write", rel, exc) from exc
+        finally:
+            self.fs.invalidate_cache(self.location.path(rel))
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the atlas-wide write lock of a store without conditional writes.
+
+        Locally an flock on ROOT/.atlas.lock (the kernel drops it if the process dies, so there are
+        no stale locks); other non-S3 protocols get a process-wide lock, safe only in one process.
+        """
+        if self.location.is_local:
+            import fcntl
+
+            os.makedirs(self.location.root, exist_ok=True)
+            with open(os.path.join(self.location.root, layout.LOCK), "a+b") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return
+        warnings.warn(f"{self.location.url}: no atomic conditional write for protocol {self.location.protocol!r}; "
+                      "publishing and draft ownership are only safe within this process", stacklevel=3)
+        with _PROCESS_LOCK:
+            yield
+
     def delete_tree(self, rel_dir: str) -> None:
         try:
             if self.fs.exists(self.location.path(rel_dir)):
@@ -163,16 +298,32 @@ class ObjectStore:
             raise self._fail("delete", rel, exc) from exc
 
 
-def _atomic_local_write(path: str, data: bytes) -> None:
+def _atomic_local_write(path: str, data: bytes, durable: bool = False) -> None:
+    """Write through a temporary file and rename it into place; the temporary file never survives
+    a failure. `durable` (only for writes made under the atlas lock) also fsyncs the directory and
+    first removes temporary files that killed lock holders left behind for this same object."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    name = os.path.basename(path)
+    if durable:
+        # Only lock holders create these names, and the caller holds the lock: any found are litter.
+        for stale in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp")) + \
+                glob.glob(os.path.join(glob.escape(directory), f"{glob.escape(name)}.*.tmp")):
+            os.unlink(stale)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}." if durable else ".tmp-",
+                               suffix=".tmp" if durable else ".part")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if durable:
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     except BaseException:
         try:
             os.unlink(tmp)

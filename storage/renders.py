@@ -77,35 +77,37 @@ def geometry_from_metadata(meta: dict) -> RenderGeometry:
     return RenderGeometry(shape[0], shape[2], shape[3], shard[0], samples=shape[1])
 
 
-def check_block(geometry: RenderGeometry, unit_start: int, images: np.ndarray, objective: np.ndarray, where: str) -> None:
-    """A block must be uint8 images of the declared size, inside one shard of the array."""
+def check_units(geometry: RenderGeometry, units: np.ndarray, images: np.ndarray, objective: np.ndarray, where: str) -> None:
+    """Renders must be uint8 images of the declared size, one per listed unit; the units strictly
+    increasing and inside one shard of the array (one item, one shard object)."""
     g = geometry
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
         raise StorageError(f"{where}: images must be a uint8 numpy array, got {getattr(images, 'dtype', type(images))}")
     if images.ndim != 1 + len(g.unit_shape) or tuple(images.shape[1:]) != g.unit_shape:
         raise StorageError(f"{where}: images must have shape [n, {', '.join(map(str, g.unit_shape))}], got {list(images.shape)}")
-    count = images.shape[0]
-    stop = unit_start + count
-    if count < 1 or unit_start < 0 or stop > g.n_units:
-        raise StorageError(f"{where}: units {unit_start}..{stop - 1} are outside the layer's {g.n_units} units")
-    if unit_start // g.units_per_shard != (stop - 1) // g.units_per_shard:
+    if units.ndim != 1 or len(units) < 1 or len(units) != images.shape[0]:
+        raise StorageError(f"{where}: got {images.shape[0]} images for units {units.tolist()}; give one image per unit")
+    if (np.diff(units) <= 0).any():
+        raise StorageError(f"{where}: units {units.tolist()} must be strictly increasing (each unit once)")
+    first, last = int(units[0]), int(units[-1])
+    if first < 0 or last >= g.n_units:
+        raise StorageError(f"{where}: units {first}..{last} are outside the layer's {g.n_units} units")
+    if first // g.units_per_shard != last // g.units_per_shard:
         raise StorageError(
-            f"{where}: units {unit_start}..{stop - 1} span more than one shard of {g.units_per_shard} units; "
+            f"{where}: units {first}..{last} span more than one shard of {g.units_per_shard} units; "
             "a render work item must cover units inside one shard"
         )
-    expected = (count,) if g.samples is None else (count, g.samples)
+    expected = (len(units),) if g.samples is None else (len(units), g.samples)
     if np.shape(objective) != expected:
         raise StorageError(f"{where}: objective values must have shape {list(expected)}, got {list(np.shape(objective))}")
 
 
-def encode_block(images_meta: bytes, objective_meta: bytes, unit_start: int, images: np.ndarray,
+def encode_units(images_meta: bytes, objective_meta: bytes, units: np.ndarray, images: np.ndarray,
                  objective: np.ndarray) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """Encoded shard object(s) of the images array and chunk object(s) of the objective array."""
-    stop = unit_start + images.shape[0]
-    image_objects = arrays.encode_region(images_meta, (slice(unit_start, stop),), images)
-    objective_objects = arrays.encode_region(
-        objective_meta, (slice(unit_start, stop),), np.asarray(objective, dtype=np.float32)
-    )
+    """The shard object of the images array and the chunk object of the objective array, each
+    encoded once from all of `units` (units not listed stay absent / NaN)."""
+    image_objects = arrays.encode_rows(images_meta, units, images)
+    objective_objects = arrays.encode_rows(objective_meta, units, np.asarray(objective, dtype=np.float32))
     return image_objects, objective_objects
 
 

@@ -2,7 +2,8 @@
 
 One `AtlasWriter` per build (driver side) and one per worker process are fine: all state lives in
 storage. Every work item goes through `writer.item(key)`; its data objects are uploaded first and
-its completion record last, so a record's presence means the item is fully written.
+its completion record last, so a record's presence means the item is fully written. The driver's
+writer holds the draft's lease (storage/lease.py): only the lease holder may seal and publish.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping, Sequence
 
-from loupe.storage import activations, arrays, checksums, layout, manifest, publish, renders
+from loupe.storage import activations, arrays, checksums, layout, manifest, probe, publish, renders
 from loupe.storage.checksums import canonical_json
 from loupe.storage.completion import ItemRecord
 from loupe.storage.errors import StorageError, VersionNotFoundError
 from loupe.storage.item_writer import ItemWriter
-from loupe.storage.objects import ObjectStore
+from loupe.storage.lease import DEFAULT_TTL_S, Lease
+from loupe.storage.objects import ConditionFailedError, ObjectStore
+from loupe.storage.status import VersionStatus
 from loupe.storage.urls import resolve
 
 _UNSET: Any = object()
@@ -24,10 +27,11 @@ _UNSET: Any = object()
 class AtlasWriter:
     """Writer for one unpublished version of the atlas at `url`."""
 
-    def __init__(self, store: ObjectStore, version: str, draft: dict) -> None:
+    def __init__(self, store: ObjectStore, version: str, draft: dict, lease: Lease | None = None) -> None:
         self.store = store
         self.version = version
         self.draft = draft
+        self.lease = lease
         self._meta_cache: dict[str, bytes] = {}
 
     # ---- creating and resuming -------------------------------------------------------------
@@ -41,19 +45,26 @@ class AtlasWriter:
         code_version: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
         base_version: str | None = _UNSET,
+        lease_ttl_s: float = DEFAULT_TTL_S,
     ) -> "AtlasWriter":
-        """Start a new version. `base_version` defaults to the version published now; publish
-        succeeds only if the pointer still names it (compare-and-swap)."""
+        """Start a new version, owned by this writer's lease. `base_version` defaults to the version
+        published now; publish succeeds only if the pointer still names it (compare-and-swap).
+
+        The lease is taken before version.json is written, so no other build ever sees the draft
+        unowned. Raises ConditionalWritesIgnoredError for a store that cannot own drafts safely.
+        """
         store = ObjectStore(resolve(url, storage_options))
+        probe.require_conditional_writes(store)
         if base_version is _UNSET:
             current = publish.read_pointer(store)
             base_version = current["version"] if current else None
         version = layout.new_version_id()
+        lease = Lease.acquire(store, version, lease_ttl_s)
         config_json = json.loads(canonical_json(dict(config or {})))
         draft = {
             "format": layout.FORMAT,
             "version": version,
-            "status": manifest.STATUS_BUILDING,
+            "status": VersionStatus.BUILDING.value,
             "created_at": manifest.utc_now(),
             "base_version": base_version,
             "config": config_json,
@@ -62,19 +73,34 @@ class AtlasWriter:
             "code_version": code_version,
         }
         store.put(layout.draft_info(version), canonical_json(draft))
-        return cls(store, version, draft)
+        return cls(store, version, draft, lease)
 
     @classmethod
-    def resume(cls, url: str, version: str, storage_options: Mapping[str, Any] | None = None) -> "AtlasWriter":
-        """Reopen an unpublished version (for example after the build driver was restarted)."""
+    def resume(cls, url: str, version: str, storage_options: Mapping[str, Any] | None = None, *,
+               take_lease: bool = False, lease_ttl_s: float = DEFAULT_TTL_S) -> "AtlasWriter":
+        """Reopen an unpublished version.
+
+        Workers open a draft without its lease, only to write items. The build driver passes
+        take_lease=True to own it (LeaseHeldError names the live holder otherwise); an owner may
+        also reopen a sealed, never-published version, whose publish() then only swaps the pointer.
+        """
         layout.check_version_id(version)
         store = ObjectStore(resolve(url, storage_options))
         raw = store.get_optional(layout.draft_info(version))
         if raw is None:
             raise VersionNotFoundError(f"no version {version} in atlas {url}", url=store.location.url_of(layout.version_dir(version)))
-        if store.exists(layout.manifest(version)):
-            raise StorageError(f"version {version} of atlas {url} is already sealed; start a new version instead", url=url)
-        return cls(store, version, json.loads(raw))
+        if not take_lease:
+            if store.exists(layout.manifest(version)):
+                raise StorageError(f"version {version} of atlas {url} is already sealed; start a new version instead", url=url)
+            return cls(store, version, json.loads(raw))
+        probe.require_conditional_writes(store)
+        lease = Lease.acquire(store, version, lease_ttl_s)
+        return cls(store, version, json.loads(raw), lease)
+
+    def release(self) -> None:
+        """Give up the draft's lease (the build ends); safe to call more than once."""
+        if self.lease is not None:
+            self.lease.release()
 
     @property
     def url(self) -> str:
@@ -216,21 +242,66 @@ class AtlasWriter:
         return True
 
     # ---- publishing -----------------------------------------------------------------------
-    def publish(self, expected_items: Iterable[str] | None = None) -> dict:
-        """Seal this version (manifest + checksums) and swap the pointer to it, last.
+    def is_sealed(self) -> bool:
+        """Whether manifest.json exists: the version is complete and will never be rewritten."""
+        return self.store.exists(layout.manifest(self.version))
 
-        With `expected_items`, refuses to publish unless every one of them is complete.
-        Raises PublishConflictError if another build published since this version was created;
-        this version then stays complete and intact, but unpublished.
+    def publish(self, expected_items: Iterable[str] | None = None) -> dict:
+        """Seal this version (manifest + checksums) once, and swap the pointer to it, last.
+
+        Needs the draft's lease, renewed before sealing and before the swap, so a build that lost
+        its draft never seals or publishes it (a writer opened without it takes it for the publish,
+        or gets LeaseHeldError naming the live build that holds it). An already sealed version is
+        not sealed again: its manifest is published as it is. With `expected_items`, refuses to publish unless every one
+        of them is complete. Raises PublishConflictError if another build published since this
+        version was created; this version then stays complete and intact, but unpublished.
         """
+        if self.lease is not None:
+            return self._publish(self.lease, expected_items)
+        # Opened without the lease (AtlasWriter.resume): own the draft for the length of the publish.
+        probe.require_conditional_writes(self.store)
+        self.lease = Lease.acquire(self.store, self.version)
+        try:
+            return self._publish(self.lease, expected_items)
+        finally:
+            self.release()
+            self.lease = None
+
+    def _publish(self, lease: Lease, expected_items: Iterable[str] | None) -> dict:
+        store, version = self.store, self.version
+        lease.renew()
+        manifest_bytes = store.get_optional(layout.manifest(version))
+        if manifest_bytes is None:
+            manifest_bytes = self._seal(expected_items)
+        elif expected_items is not None:
+            self._check_complete(expected_items, self.completed_items())
+        built = manifest.parse(manifest_bytes, store.location.url_of(layout.manifest(version)))
+        pointer = {
+            "format": layout.FORMAT,
+            "version": version,
+            "manifest": layout.manifest(version),
+            "manifest_sha256": checksums.sha256(manifest_bytes),
+            "previous": self.base_version,
+            "published_at": manifest.utc_now(),
+        }
+        lease.renew()
+        publish.swap_pointer(store, self.base_version, pointer)
+        store.put(layout.published_marker(version), canonical_json(pointer))
+        return built
+
+    def _check_complete(self, expected_items: Iterable[str], keys: Iterable[str]) -> None:
+        missing = sorted(set(expected_items) - set(keys))
+        if missing:
+            raise StorageError(
+                f"cannot publish version {self.version} of {self.url}: {len(missing)} work item(s) are not complete, "
+                f"e.g. {', '.join(missing[:5])}", url=self.url)
+
+    def _seal(self, expected_items: Iterable[str] | None) -> bytes:
+        """Write checksums.json, then manifest.json exactly once (a conditional create)."""
         store, version = self.store, self.version
         keys = sorted(self.completed_items())
         if expected_items is not None:
-            missing = sorted(set(expected_items) - set(keys))
-            if missing:
-                raise StorageError(
-                    f"cannot publish version {version} of {self.url}: {len(missing)} work item(s) are not complete, "
-                    f"e.g. {', '.join(missing[:5])}", url=self.url)
+            self._check_complete(expected_items, keys)
         raw = store.get_many([layout.item_record(version, k) for k in keys])
         records = [ItemRecord.from_bytes(raw[layout.item_record(version, k)], store.location.url_of(layout.item_record(version, k)))
                    for k in keys]
@@ -254,18 +325,12 @@ class AtlasWriter:
         built["checksums"] = {"path": "checksums.json", **checksums.entry(sums_bytes)}
         manifest_bytes = canonical_json(built)
         store.put(layout.checksums(version), sums_bytes)
-        store.put(layout.manifest(version), manifest_bytes)
-        pointer = {
-            "format": layout.FORMAT,
-            "version": version,
-            "manifest": layout.manifest(version),
-            "manifest_sha256": checksums.sha256(manifest_bytes),
-            "previous": self.base_version,
-            "published_at": manifest.utc_now(),
-        }
-        publish.swap_pointer(store, self.base_version, pointer)
-        store.put(layout.published_marker(version), canonical_json(pointer))
-        return built
+        try:
+            store.put_conditional(layout.manifest(version), manifest_bytes, expected_tag=None)
+        except ConditionFailedError:
+            # Sealed meanwhile (only possible if this writer's lease lapsed): publish what is there.
+            return store.get(layout.manifest(version))
+        return manifest_bytes
 
 
 def _item_keys(store: ObjectStore, version: str) -> set[str]:

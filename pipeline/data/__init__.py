@@ -1,8 +1,8 @@
 """Datasets for scans: list once, shard by position, decode in parallel, skip bad images.
 
     listing = list_images("s3://bucket/imagenet/val/", storage_options=opts)
-    listing.save("s3://bucket/atlas/listing.parquet")          # planner, once
-    shard = Listing.load(url).shard(count=64, index=7)          # each worker
+    table = listing.to_table()                                 # planner, once (stored by loupe.storage.BuildState)
+    shard = Listing.from_table(table, where).shard(count=64, index=7)   # each worker
     for batch in iter_batches(shard, 224, 256): ...             # uint8 RGB, in order
 """
 

@@ -9,16 +9,13 @@ its id among all ids), which scans use to break ties between equal activations b
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from loupe.pipeline.data.errors import DatasetError
 
@@ -173,9 +170,12 @@ class Listing:
         bounds = shard_bounds(self.start, self.stop, count, align)
         return [self.slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    # ---- persistence --------------------------------------------------------------------------
-    def save(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-        """Write this listing as one Parquet file (any fsspec URL)."""
+    # ---- plain-table form ----------------------------------------------------------------------
+    def to_table(self) -> pa.Table:
+        """This listing as one Arrow table: its rows, and every other field as JSON schema metadata.
+
+        Whoever saves it chooses where the bytes go (a build saves it through the atlas store).
+        """
         meta = {
             "format": LISTING_FORMAT,
             "kind": self.kind,
@@ -189,44 +189,32 @@ class Listing:
             "ignored": self.ignored,
             "ignored_examples": list(self.ignored_examples),
         }
-        table = self.table.replace_schema_metadata({_METADATA_KEY: json.dumps(meta).encode()})
-        sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
-        try:
-            with fsspec.open(url, "wb", **dict(storage_options or {})) as f:
-                f.write(sink.getvalue())
-        except Exception as exc:  # noqa: BLE001 - any filesystem failure becomes one clear error
-            raise DatasetError(f"cannot write listing to {url}: {exc}") from exc
+        return self.table.replace_schema_metadata({_METADATA_KEY: json.dumps(meta).encode()})
 
     @classmethod
-    def load(cls, url: str, storage_options: Mapping[str, Any] | None = None) -> "Listing":
-        """Read a listing written by `save`."""
-        try:
-            with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
-                table = pq.read_table(io.BytesIO(f.read()))
-        except FileNotFoundError:
-            raise DatasetError(f"listing {url} does not exist") from None
-        except Exception as exc:  # noqa: BLE001
-            raise DatasetError(f"cannot read listing {url}: {exc}") from exc
+    def from_table(cls, table: pa.Table, where: str) -> "Listing":
+        """The listing `to_table` made; errors name `where` (e.g. the object it was read from)."""
         raw = (table.schema.metadata or {}).get(_METADATA_KEY)
         if raw is None:
-            raise DatasetError(f"{url} is a Parquet file but not a Loupe listing (no {_METADATA_KEY.decode()} metadata)")
-        meta = json.loads(raw)
-        if meta.get("format") != LISTING_FORMAT:
-            raise DatasetError(f"listing {url} has format {meta.get('format')}, this Loupe reads {LISTING_FORMAT}")
-        return cls(
-            kind=meta["kind"],
-            root=meta["root"],
-            table=table.replace_schema_metadata(None),
-            fingerprint=meta["fingerprint"],
-            start=int(meta["start"]),
-            total=int(meta["total"]),
-            files=tuple(meta["files"]),
-            image_column=meta["image_column"],
-            id_column=meta["id_column"],
-            ignored=int(meta["ignored"]),
-            ignored_examples=tuple(meta["ignored_examples"]),
-        )
+            raise DatasetError(f"{where} is a table but not a Loupe listing (no {_METADATA_KEY.decode()} metadata)")
+        try:
+            meta = json.loads(raw)
+        except ValueError as exc:
+            raise DatasetError(f"listing {where} has unreadable metadata: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != LISTING_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else meta
+            raise DatasetError(f"listing {where} has format {found!r}, this Loupe reads {LISTING_FORMAT}")
+        table = table.replace_schema_metadata(None)
+        _check_columns(table, meta.get("kind"), where)
+        try:
+            return cls(
+                kind=meta["kind"], root=str(meta["root"]), table=table, fingerprint=str(meta["fingerprint"]),
+                start=int(meta["start"]), total=int(meta["total"]), files=tuple(map(str, meta["files"])),
+                image_column=meta["image_column"], id_column=meta["id_column"], ignored=int(meta["ignored"]),
+                ignored_examples=tuple(map(str, meta["ignored_examples"])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"listing {where} has incomplete metadata ({type(exc).__name__}: {exc})") from None
 
 
 def shard_bounds(start: int, stop: int, count: int, align: int = 1) -> list[int]:
@@ -239,6 +227,23 @@ def shard_bounds(start: int, stop: int, count: int, align: int = 1) -> list[int]
     pieces = [start, *cuts, stop] if stop > start else [start, stop]
     n_pieces = len(pieces) - 1
     return [pieces[(i * n_pieces) // count] for i in range(count)] + [stop]
+
+
+_COLUMNS = {
+    FOLDER: {"id": pa.types.is_string, "key": pa.types.is_int64, "path": pa.types.is_string},
+    PARQUET: {"id": pa.types.is_string, "key": pa.types.is_int64, "file": pa.types.is_integer, "row": pa.types.is_integer},
+}
+
+
+def _check_columns(table: pa.Table, kind: str | None, where: str) -> None:
+    """A listing read back must have exactly the columns its kind needs, with the right types."""
+    if kind not in _COLUMNS:
+        raise DatasetError(f"listing {where} has kind {kind!r}; expected one of {KINDS}")
+    for name, is_type in _COLUMNS[kind].items():
+        if name not in table.column_names:
+            raise DatasetError(f"listing {where} has no {name!r} column (it has {table.column_names})")
+        if not is_type(table.schema.field(name).type):
+            raise DatasetError(f"listing {where}: column {name!r} has type {table.schema.field(name).type}")
 
 
 def _compact(table: pa.Table) -> pa.Table:

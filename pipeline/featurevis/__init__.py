@@ -7,6 +7,7 @@
 
 from loupe.pipeline.featurevis import objectives, param, transforms
 from loupe.pipeline.featurevis.batch_units import KINDS, RenderSettings, UnitRenders, render_units, unit_seed
+from loupe.pipeline.featurevis.numerics import fixed_numerics
 from loupe.pipeline.featurevis.redirected_relu import RedirectedReLUMode
 from loupe.pipeline.featurevis.render import render_vis
 
@@ -17,6 +18,7 @@ __all__ = [
     "RedirectedReLUMode",
     "RenderSettings",
     "UnitRenders",
+    "fixed_numerics",
     "objectives",
     "param",
     "render_units",

@@ -5,7 +5,8 @@ objectives, Adam's update is elementwise, the model runs in eval mode, and the r
 decides per element. Each element's initial noise and transform draws come from generators seeded
 by a hash of (seed, layer, unit, kind, index), so a unit's picture depends only on the model, the
 layer, the unit, the kind, the settings and the seed, never on which units share its batch (up
-to floating-point summation order in batched convolutions).
+to floating-point summation order in batched convolutions). On CPU that order also depends on
+the thread count, so a render runs with `settings.threads` whoever calls it (numerics.py).
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ import torch
 from torch import nn
 
 from loupe.pipeline.errors import LoupeError
-from loupe.pipeline.featurevis import engine
-from loupe.pipeline.featurevis.objectives import Activations, _gram_similarity
+from loupe.pipeline.featurevis import engine, objectives
+from loupe.pipeline.featurevis.numerics import fixed_numerics
+from loupe.pipeline.featurevis.objectives import Objective
 from loupe.pipeline.featurevis.param import generators, image as image_param
 from loupe.pipeline.featurevis.render import REDIRECT_STEPS, as_loaded_model, make_progress, make_transform
 from loupe.pipeline.featurevis.transforms import Transform
 from loupe.pipeline.models import LoadedModel
 from loupe.pipeline.models.catalog import check_unit
 
-KINDS = ("channel", "neuron", "negative_channel", "diversity")
+#: The render kinds, named as in build configs: maximize a channel's mean, its centre neuron,
+#: minimize the channel's mean, or maximize it with a set of mutually different images.
+KINDS = ("channel", "neuron", "negative", "diversity")
+
+Row = tuple[int, int]  # (unit, index in its diversity set)
 
 
 @dataclass(frozen=True)
@@ -43,13 +49,14 @@ class RenderSettings:
     decay_power: float = 1.0
     standard_transforms: bool = True
     redirected_relu: bool = True
-    diversity: int = 4  # images per unit for kind "diversity"
+    images_per_unit: int = 4  # the size of each unit's set for kind "diversity"
     diversity_weight: float = 100.0
     precision: str = "fp32"
     channels_last: bool = True  # NHWC weights and input for the render: ~1.5x faster convs on CPU and GPU
+    threads: int = 1  # CPU intra-op threads during the render: CPU sums depend on it (see numerics.py)
 
     def __post_init__(self) -> None:
-        for name in ("size", "steps", "diversity"):
+        for name in ("size", "steps", "images_per_unit", "threads"):
             if int(getattr(self, name)) < 1:
                 raise LoupeError(f"render setting {name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -91,37 +98,56 @@ def stream_seed(image_seed: int, stream: str) -> int:
     return _hash_seed(f"{int(image_seed)}|{stream}")
 
 
-def _unit_measure(T: Activations, layer: str, units: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per element: its unit's mean over positions (channel kinds) or its value at the centre (neuron)."""
-    t = T.channels_last(layer)
-    spatial = t.shape[1:-1]
-    flat = t.reshape(t.shape[0], -1, t.shape[-1])
-    if kind == "neuron" and spatial:
-        centre = 0
-        for size in spatial:
-            centre = centre * size + size // 2
-        flat = flat[:, centre : centre + 1]
-    picked = flat.gather(2, units.view(-1, 1, 1).expand(-1, flat.shape[1], 1)).squeeze(2)
-    return picked.mean(1)
+def unit_values(T: objectives.Activations, layer: str, rows: Sequence[Row], kind: str) -> torch.Tensor:
+    """`[B]`: what each element reports: its unit's centre value (neuron) or its mean over positions."""
+    units = [unit for unit, _ in rows]
+    if kind == "neuron":
+        return objectives.neuron_values(T, layer, units)
+    return objectives.channel_values(T, layer, units)
 
 
-def _objective(layer: str, units: torch.Tensor, kind: str, settings: RenderSettings) -> Callable[[Activations], torch.Tensor]:
-    """The per-element objectives, summed; diversity sets are scored per unit group, as Lucid's channel - w * diversity."""
+def batch_objective(layer: str, rows: Sequence[Row], kind: str, settings: RenderSettings) -> Objective:
+    """Every element's own objective, summed, so no element's gradient depends on another's.
 
-    def inner(T: Activations) -> torch.Tensor:
-        measure = _unit_measure(T, layer, units, kind)
-        if kind == "negative_channel":
-            return -measure.sum()
-        if kind != "diversity":
-            return measure.sum()
-        n = settings.diversity
-        groups = measure.shape[0] // n
-        channel_means = measure.view(groups, n).mean(1)
-        t = T.channels_last(layer)
-        acts = t.reshape(groups, n, -1, t.shape[-1])
-        return (channel_means - settings.diversity_weight * _gram_similarity(acts)).sum()
+    Diversity sets (consecutive rows of one unit) score as Lucid's channel - w * diversity, per set.
+    """
+    units = [unit for unit, _ in rows]
+    if kind == "neuron":
+        return objectives.each_neuron(layer, units)
+    if kind == "negative":
+        return -objectives.each_channel(layer, units)
+    if kind == "channel":
+        return objectives.each_channel(layer, units)
+    n = settings.images_per_unit
+    sets = len(rows) // n
+    return objectives.each_channel(layer, units) / n - settings.diversity_weight * objectives.diversity(layer, sets)
 
-    return inner
+
+def _checked_units(lm: LoadedModel, layer: str, units: Sequence[int], kind: str, settings: RenderSettings,
+                   batch_size: int) -> list[int]:
+    """The request's units, or a LoupeError naming the kind, layer, unit or setting at fault."""
+    if kind not in KINDS:
+        raise LoupeError(f"unknown render kind '{kind}'; choose one of {', '.join(KINDS)}")
+    info = lm.layer(layer)
+    unit_list = [int(u) for u in units]
+    if not unit_list:
+        raise LoupeError(f"no units given to render for layer {layer}")
+    for unit in unit_list:
+        check_unit(info, unit)
+    if int(batch_size) < 1:
+        raise LoupeError(f"batch_size must be >= 1, got {batch_size}")
+    if kind == "diversity" and settings.images_per_unit < 2:
+        raise LoupeError("kind 'diversity' needs settings.images_per_unit >= 2")
+    return unit_list
+
+
+def _batches(units: list[int], per_unit: int, batch_size: int) -> list[list[Row]]:
+    """Rows per optimization: whole units (with their diversity sets), about `batch_size` images each."""
+    units_per_batch = max(1, int(batch_size) // per_unit)
+    return [
+        [(u, i) for u in units[k : k + units_per_batch] for i in range(per_unit)]
+        for k in range(0, len(units), units_per_batch)
+    ]
 
 
 def render_units(
@@ -136,45 +162,31 @@ def render_units(
     transforms: Sequence[Transform | Callable] | None = None,
     progress: bool | Callable[[int, float], None] = False,
 ) -> UnitRenders:
-    """Render `units` of `layer` (kind: channel, neuron, negative_channel or diversity), `batch_size` images at a time.
+    """Render `units` of `layer` (kind: channel, neuron, negative or diversity), `batch_size` images at a time.
 
     Returns uint8 images and each image's final activation (the unit's spatial mean, or its centre
-    value for neurons, measured on the final quantized image without transforms; for
-    negative_channel the raw mean, which the render drove down). `transforms` overrides the
-    standard list (then `settings.standard_transforms` is ignored).
+    value for neurons, measured on the final quantized image without transforms; for negative
+    the raw mean, which the render drove down). `transforms` overrides the standard list (then
+    `settings.standard_transforms` is ignored). Runs under `fixed_numerics(settings.threads)`.
     """
     lm = as_loaded_model(model)
     settings = settings or RenderSettings()
-    if kind not in KINDS:
-        raise LoupeError(f"unknown render kind '{kind}'; choose one of {', '.join(KINDS)}")
-    info = lm.layer(layer)
-    unit_list = [int(u) for u in units]
-    if not unit_list:
-        raise LoupeError(f"no units given to render for layer {layer}")
-    for unit in unit_list:
-        check_unit(info, unit)
-    if int(batch_size) < 1:
-        raise LoupeError(f"batch_size must be >= 1, got {batch_size}")
-    per_unit = settings.diversity if kind == "diversity" else 1
-    if kind == "diversity" and per_unit < 2:
-        raise LoupeError("kind 'diversity' needs settings.diversity >= 2 images per unit")
-    units_per_batch = max(1, int(batch_size) // per_unit)
+    unit_list = _checked_units(lm, layer, units, kind, settings, batch_size)
+    per_unit = settings.images_per_unit if kind == "diversity" else 1
     transform = make_transform(transforms if transforms is not None else (None if settings.standard_transforms else []))
     acceleration = engine.Acceleration(settings.precision, settings.channels_last)
-
-    rows = [(u, i) for u in unit_list for i in range(per_unit)]
-    chunks = [unit_list[k : k + units_per_batch] for k in range(0, len(unit_list), units_per_batch)]
-    step_fn, close = make_progress(progress, settings.steps * len(chunks), desc=f"{layer} {kind}")
+    batches = _batches(unit_list, per_unit, batch_size)
+    step_fn, close = make_progress(progress, settings.steps * len(batches), desc=f"{layer} {kind}")
     images, activations = [], []
     try:
-        with engine.ForwardSession(lm, [layer], acceleration) as session:
-            for chunk in chunks:
-                chunk_rows = [(u, i) for u in chunk for i in range(per_unit)]
-                batch_images, batch_acts = _render_batch(lm, session, layer, chunk_rows, kind, settings, seed, transform, step_fn)
+        with fixed_numerics(settings.threads), engine.ForwardSession(lm, [layer], acceleration) as session:
+            for rows in batches:
+                batch_images, batch_acts = _render_batch(lm, session, layer, rows, kind, settings, seed, transform, step_fn)
                 images.append(batch_images)
                 activations.append(batch_acts)
     finally:
         close()
+    rows = [row for batch in batches for row in batch]
     return UnitRenders(
         layer=layer,
         kind=kind,
@@ -191,7 +203,7 @@ def _render_batch(
     lm: LoadedModel,
     session: engine.ForwardSession,
     layer: str,
-    rows: list[tuple[int, int]],
+    rows: list[Row],
     kind: str,
     settings: RenderSettings,
     seed: int,
@@ -206,17 +218,19 @@ def _render_batch(
         decay_power=settings.decay_power, seeds=init_seeds,
     ).to(lm.device)
     uniforms = engine.step_uniforms(generators(draw_seeds), settings.steps, transform.n_random, lm.device)
-    unit_index = torch.tensor([u for u, _ in rows], device=lm.device)
     optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
     (final,) = engine.optimize(
-        session, _objective(layer, unit_index, kind, settings), image, optimizer, transform, uniforms,
+        session, batch_objective(layer, rows, kind, settings), image, optimizer, transform, uniforms,
         [settings.steps], redirect_steps=REDIRECT_STEPS if settings.redirected_relu else 0, progress=step_fn,
     )
     quantized = (final * 255).round().to(torch.uint8)
     with torch.no_grad():
         as_float = quantized.float() / 255
-        measure = _unit_measure(session(as_float, as_float), layer, unit_index, kind)
+        measure = unit_values(session(as_float, as_float), layer, rows, kind)
     return quantized.permute(0, 2, 3, 1).cpu().numpy(), measure.float().cpu().numpy()
 
 
-__all__ = ["KINDS", "RenderSettings", "UnitRenders", "render_units", "stream_seed", "unit_seed"]
+__all__ = [
+    "KINDS", "RenderSettings", "UnitRenders", "batch_objective", "render_units", "stream_seed", "unit_seed",
+    "unit_values",
+]

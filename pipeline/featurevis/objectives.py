@@ -6,7 +6,9 @@ subtract, negate, scale by numbers (`*`, `/`) and sum over lists (`sum(objs)` or
 only up to the deepest of them. A string `"layer:unit"` means `channel(layer, unit)`.
 
 Every primitive takes `batch=`: `None` applies it to the whole batch, an int to that batch
-element only (how Lucid renders different objectives side by side in one batch). Reductions
+element only (how Lucid renders different objectives side by side in one batch). `each_channel`
+and `each_neuron` give every element its own unit in one vectorized objective (what batched unit
+renders need: the cost does not grow with the square of the batch). Reductions
 follow Lucid: `channel`, `direction`, `deepdream` average over the batch and positions; `neuron`,
 `class_logit`, `L1`, `total_variation` sum over the batch (as Lucid's optimizer sums a vector loss).
 
@@ -281,6 +283,47 @@ def neuron(layer: str, n_channel: int, x: int | None = None, y: int | None = Non
     return Objective(inner, f"neuron({layer}:{n}, x={x}, y={y})", [layer], [_unit_check(layer, n)])
 
 
+def _element_channels(channels: Sequence[int], t: torch.Tensor) -> torch.Tensor:
+    if len(channels) != t.shape[0]:
+        raise LoupeError(f"{len(channels)} channels given for a batch of {t.shape[0]} images; give one per image")
+    return torch.as_tensor(list(channels), device=t.device)
+
+
+def channel_values(T: Activations, layer: str, channels: Sequence[int]) -> torch.Tensor:
+    """`[B]`: element i's mean of its own channel `channels[i]` over positions."""
+    t = T.channels_last(layer)
+    flat = t.reshape(t.shape[0], -1, t.shape[-1])
+    index = _element_channels(channels, t).view(-1, 1, 1).expand(-1, flat.shape[1], 1)
+    return flat.gather(2, index).squeeze(2).mean(1)
+
+
+def neuron_values(T: Activations, layer: str, channels: Sequence[int], x: int | None = None,
+                  y: int | None = None) -> torch.Tensor:
+    """`[B]`: element i's channel `channels[i]` at one position (default the centre, as `neuron`)."""
+    t = T.channels_last(layer)
+    at = t[(slice(None), *_position(T, layer, x, y))]
+    return at.gather(1, _element_channels(channels, t).view(-1, 1)).squeeze(1)
+
+
+def each_channel(layer: str, channels: Sequence[int]) -> Objective:
+    """Element i maximizes its own channel `channels[i]` (its mean over positions); summed over the
+    batch, so no element's gradient depends on another's."""
+    chosen = [int(c) for c in channels]
+    return Objective(
+        lambda T: channel_values(T, layer, chosen).sum(), f"each_channel({layer})", [layer],
+        [_unit_check(layer, c) for c in sorted(set(chosen))],
+    )
+
+
+def each_neuron(layer: str, channels: Sequence[int], x: int | None = None, y: int | None = None) -> Objective:
+    """Element i maximizes its own channel `channels[i]` at one position (default the centre); summed."""
+    chosen = [int(c) for c in channels]
+    return Objective(
+        lambda T: neuron_values(T, layer, chosen, x, y).sum(), f"each_neuron({layer}, x={x}, y={y})", [layer],
+        [_unit_check(layer, c) for c in sorted(set(chosen))],
+    )
+
+
 def direction(layer: str, vec, batch: int | None = None, cossim_pow: float = 0.0) -> Objective:
     """Dot product of every position's activation vector with `vec` (optionally times cosine^cossim_pow), averaged."""
     v = _as_vector(vec)
@@ -336,12 +379,18 @@ def class_logit(layer: str, label: int | str, batch: int | None = None) -> Objec
     return Objective(inner, f"class_logit({layer}, {label!r})", [layer], [check])
 
 
-def diversity(layer: str) -> Objective:
-    """Mean pairwise cosine similarity of the batch's Gram matrices at `layer` (Lucid); subtract it to diversify."""
+def diversity(layer: str, sets: int = 1) -> Objective:
+    """Mean pairwise cosine similarity of the batch's Gram matrices at `layer` (Lucid); subtract it to diversify.
+
+    `sets` splits the batch into that many equal runs of consecutive elements, each scored on its
+    own and summed (several units' diversity sets in one batch).
+    """
 
     def inner(T: Activations) -> torch.Tensor:
         t = T.channels_last(layer)
-        return _gram_similarity(t.reshape(1, t.shape[0], -1, t.shape[-1]))[0]
+        if t.shape[0] % sets:
+            raise LoupeError(f"diversity: a batch of {t.shape[0]} images does not split into {sets} equal sets")
+        return _gram_similarity(t.reshape(sets, t.shape[0] // sets, -1, t.shape[-1])).sum()
 
     return Objective(inner, f"diversity({layer})", [layer])
 
@@ -447,12 +496,16 @@ __all__ = [
     "blur_input_each_step",
     "channel",
     "channel_interpolate",
+    "channel_values",
     "class_logit",
     "deepdream",
     "diversity",
     "direction",
     "direction_neuron",
+    "each_channel",
+    "each_neuron",
     "neuron",
+    "neuron_values",
     "parse_unit",
     "total_variation",
 ]

@@ -108,11 +108,21 @@ def to_valid_rgb(t: torch.Tensor, decorrelate: bool = False, sigmoid: bool = Tru
 
 
 class Parameterization(nn.Module):
-    """Base class: `forward()` returns RGB `[B, 3, H, W]` in [0, 1]; parameters are what gets optimized."""
+    """Base class: `forward()` returns RGB `[B, 3, H, W]` in [0, 1]; parameters are what gets optimized.
+
+    The constructor does the set-up every parameterization shares: a validated size and batch
+    (with one seed per element when `seeds` is given).
+    """
 
     batch: int
     height: int
     width: int
+
+    def __init__(self, size: Size | None = None, batch: int = 1, seeds: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if size is not None:
+            self.height, self.width = _hw(size)
+            self.batch = _check_batch(batch, seeds)
 
     def image(self) -> torch.Tensor:
         """The current image, detached, clamped to [0, 1]."""
@@ -120,7 +130,18 @@ class Parameterization(nn.Module):
             return self().detach().clamp(0, 1)
 
 
-class FFTImage(Parameterization):
+class _ColourParameterization(Parameterization):
+    """A parameterization of unconstrained colour values turned into RGB by `to_valid_rgb`."""
+
+    def __init__(self, size: Size, batch: int, seeds: Sequence[int] | None, decorrelate: bool, sigmoid: bool) -> None:
+        super().__init__(size, batch, seeds)
+        self.decorrelate, self.sigmoid = decorrelate, sigmoid
+
+    def _rgb(self, t: torch.Tensor) -> torch.Tensor:
+        return to_valid_rgb(t, decorrelate=self.decorrelate, sigmoid=self.sigmoid)
+
+
+class FFTImage(_ColourParameterization):
     """An image described by its Fourier spectrum, scaled by 1/frequency^decay_power (Lucid's fft_image)."""
 
     def __init__(
@@ -133,10 +154,7 @@ class FFTImage(Parameterization):
         sigmoid: bool = True,
         seeds: Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
-        self.height, self.width = _hw(size)
-        self.batch = _check_batch(batch, seeds)
-        self.decorrelate, self.sigmoid = decorrelate, sigmoid
+        super().__init__(size, batch, seeds, decorrelate, sigmoid)
         freqs = rfft2d_freqs(self.height, self.width)
         scale = 1.0 / torch.clamp(freqs, min=1.0 / max(self.height, self.width)) ** decay_power
         # sqrt(pixels) makes the transform unitary, so pixel-scale learning rates work (as Lucid).
@@ -147,11 +165,10 @@ class FFTImage(Parameterization):
 
     def forward(self) -> torch.Tensor:
         spectrum = torch.view_as_complex(self.spectrum) * self.spectrum_scale
-        t = torch.fft.irfft2(spectrum, s=(self.height, self.width)) / 4.0
-        return to_valid_rgb(t, decorrelate=self.decorrelate, sigmoid=self.sigmoid)
+        return self._rgb(torch.fft.irfft2(spectrum, s=(self.height, self.width)) / 4.0)
 
 
-class PixelImage(Parameterization):
+class PixelImage(_ColourParameterization):
     """One free parameter per pixel and colour channel (Lucid's pixel_image)."""
 
     def __init__(
@@ -163,17 +180,14 @@ class PixelImage(Parameterization):
         sigmoid: bool = True,
         seeds: Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
-        self.height, self.width = _hw(size)
-        self.batch = _check_batch(batch, seeds)
-        self.decorrelate, self.sigmoid = decorrelate, sigmoid
+        super().__init__(size, batch, seeds, decorrelate, sigmoid)
         self.pixels = nn.Parameter(random_normal((3, self.height, self.width), self.batch, sd, seeds))
 
     def forward(self) -> torch.Tensor:
-        return to_valid_rgb(self.pixels, decorrelate=self.decorrelate, sigmoid=self.sigmoid)
+        return self._rgb(self.pixels)
 
 
-class LowresImage(Parameterization):
+class LowresImage(_ColourParameterization):
     """A coarse pixel grid bilinearly upsampled to full size: smooth images, few parameters (Lucid's lowres_tensor)."""
 
     def __init__(
@@ -186,18 +200,14 @@ class LowresImage(Parameterization):
         sigmoid: bool = True,
         seeds: Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
-        self.height, self.width = _hw(size)
-        self.batch = _check_batch(batch, seeds)
+        super().__init__(size, batch, seeds, decorrelate, sigmoid)
         if int(factor) < 1:
             raise ValueError(f"lowres factor must be >= 1, got {factor}")
-        self.decorrelate, self.sigmoid = decorrelate, sigmoid
         low = (max(1, math.ceil(self.height / factor)), max(1, math.ceil(self.width / factor)))
         self.low = nn.Parameter(random_normal((3, *low), self.batch, sd, seeds))
 
     def forward(self) -> torch.Tensor:
-        t = F.interpolate(self.low, size=(self.height, self.width), mode="bilinear", align_corners=False)
-        return to_valid_rgb(t, decorrelate=self.decorrelate, sigmoid=self.sigmoid)
+        return self._rgb(F.interpolate(self.low, size=(self.height, self.width), mode="bilinear", align_corners=False))
 
 
 def _composite_activation(x: torch.Tensor) -> torch.Tensor:
@@ -223,9 +233,7 @@ class CPPNImage(Parameterization):
         normalize: bool = False,
         seeds: Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
-        self.height, self.width = _hw(size)
-        self.batch = _check_batch(batch, seeds)
+        super().__init__(size, batch, seeds)
         self.normalize = normalize
         r = 3.0**0.5  # std of the coordinate range is 1
         ys = torch.linspace(-r, r, self.height)

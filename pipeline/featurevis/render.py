@@ -109,6 +109,21 @@ def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _seeded_start(param_f: ParamF, device: torch.device, seed: int | None, steps: int,
+                  n_random: int) -> tuple[Parameterization, torch.Tensor | None]:
+    """The parameterization and every step's transform draws, from `seed` without touching the global RNG."""
+    rng_scope = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with rng_scope:
+        if seed is not None:
+            torch.manual_seed(seed)
+        image = make_param(param_f, device)
+        generator = torch.Generator()
+        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    if not n_random:
+        return image, None
+    return image, torch.rand(steps, image.batch, n_random, generator=generator).to(device)
+
+
 def render_vis(
     model: LoadedModel | nn.Module,
     objective: Objective | str,
@@ -139,17 +154,7 @@ def render_vis(
     acceleration = engine.Acceleration(precision=precision, channels_last=channels_last)
     transform = make_transform(transforms)
 
-    rng_scope = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with rng_scope:
-        if seed is not None:
-            torch.manual_seed(seed)
-        image = make_param(param_f, lm.device)
-        generator = torch.Generator()
-        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
-    uniforms = None
-    if transform.n_random:
-        uniforms = torch.rand(steps[-1], image.batch, transform.n_random, generator=generator).to(lm.device)
-
+    image, uniforms = _seeded_start(param_f, lm.device, seed, steps[-1], transform.n_random)
     params = list(image.parameters())
     opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=DEFAULT_LR)
     step_fn, close = make_progress(progress, steps[-1], desc=_short(objective.name))

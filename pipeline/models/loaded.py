@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping
 
@@ -116,46 +117,51 @@ def load_model(
     """
     parsed = sources.parse_source(source)
     kind = sources.check_weights_kind(parsed, weights)
-    kwargs = dict(model_kwargs or {})
-    categories = None
-    target_device = pick_device(device)
-
-    if parsed.is_torchvision:
-        builder = sources.torchvision_builder(parsed.target)
-        declared = sources.default_preprocessing(parsed.target)
-        if kind == "torchvision":
-            enum_member = sources.resolve_torchvision_weights(parsed.target, weights)
-            declared = sources.preprocessing_from_weights(enum_member)
-            categories = list(enum_member.meta.get("categories") or []) or None
-            module = _build_with_torchvision_weights(builder, enum_member, kwargs, parsed.text)
-            weights_label = f"{type(enum_member).__name__}.{enum_member.name}"
-        else:
-            module = _build_random(builder, {**sources.random_init_kwargs(parsed.target), **kwargs}, seed, parsed.text)
-            weights_label = "none (random init)"
-    else:
-        builder = sources.python_callable(parsed.target)
-        module = _build_random(builder, kwargs, seed, parsed.text)
-        declared = _declared_preprocessing(module)
-        categories = getattr(module, "loupe_categories", None)
-        weights_label = "none (random init)"
-
+    built = _build(parsed, kind, weights, dict(model_kwargs or {}), seed)
     if kind == "file":
         state = read_state_dict(
             weights, storage_options=storage_options, state_dict_key=state_dict_key, strip_prefix=strip_prefix
         )
-        load_into(module, state, origin=f"from {weights}")
-        weights_label = weights
+        load_into(built.module, state, origin=f"from {weights}")
+        categories = built.categories
         if parsed.is_torchvision and categories is None:
-            categories = _builder_categories(parsed.target, module)
-
+            categories = _builder_categories(parsed.target, built.module)
+        built = _Built(built.module, built.preprocessing, categories, weights)
     return LoadedModel(
-        module,
-        preprocessing=preprocessing or declared,
-        device=target_device,
+        built.module,
+        preprocessing=preprocessing or built.preprocessing,
+        device=pick_device(device),
         name=parsed.text,
-        weights=weights_label,
-        categories=categories,
+        weights=built.weights_label,
+        categories=built.categories,
     )
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A freshly built module and what its source declares about it."""
+
+    module: nn.Module
+    preprocessing: Preprocessing
+    categories: list[str] | None
+    weights_label: str
+
+
+def _build(parsed: sources.ModelSource, kind: str, weights: str, kwargs: dict, seed: int) -> _Built:
+    """Build the architecture: torchvision's own weights when named, else a seeded random init."""
+    if not parsed.is_torchvision:
+        module = _build_random(sources.python_callable(parsed.target), kwargs, seed, parsed.text)
+        return _Built(module, _declared_preprocessing(module), getattr(module, "loupe_categories", None),
+                      "none (random init)")
+    builder = sources.torchvision_builder(parsed.target)
+    if kind == "torchvision":
+        enum_member = sources.resolve_torchvision_weights(parsed.target, weights)
+        module = _build_with_torchvision_weights(builder, enum_member, kwargs, parsed.text)
+        return _Built(module, sources.preprocessing_from_weights(enum_member),
+                      list(enum_member.meta.get("categories") or []) or None,
+                      f"{type(enum_member).__name__}.{enum_member.name}")
+    module = _build_random(builder, {**sources.random_init_kwargs(parsed.target), **kwargs}, seed, parsed.text)
+    return _Built(module, sources.default_preprocessing(parsed.target), None, "none (random init)")
 
 
 def _build_random(builder, kwargs: dict, seed: int, source: str) -> nn.Module:

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from loupe.pipeline.scan import exact_sum, sketch
+from loupe.pipeline.scan.exact_sum import ExactSum
 from loupe.pipeline.scan.keys import PAD, bottom_keys, top_keys
+from loupe.pipeline.scan.sketch import QuantileSketch
+from loupe.pipeline.scan.state import State, StateError, check_shape, take
 
 STATISTICS = ("max", "max_squared", "mean", "mean_squared")
 # The square of a float32 max is exact in float64; it is accumulated as two float32 parts
@@ -83,29 +85,78 @@ def concat(parts: list[Reduced]) -> Reduced:
     return Reduced(*(torch.cat([getattr(p, f) for p in parts], dim=1) for f in Reduced.__dataclass_fields__))
 
 
-class _Extremes:
-    """k best keys per unit with the image position and spatial position that produced each."""
+class TopK:
+    """The k largest sort keys per unit (keys.py), best first, with the image position and the
+    flattened spatial position that produced each. Keys of filled slots are unique (value and
+    image id), so any order of adds and merges keeps the same entries; empty slots read
+    (PAD, -1, -1) in `state()`.
+    """
 
-    def __init__(self, units: int, k: int, device: torch.device) -> None:
-        self.k = k
-        self.keys = torch.full((units, k), PAD, dtype=torch.int64, device=device)
-        self.image = torch.full((units, k), -1, dtype=torch.int64, device=device)
-        self.where = torch.full((units, k), -1, dtype=torch.int64, device=device)
+    def __init__(self, keys: torch.Tensor, image: torch.Tensor, where: torch.Tensor) -> None:
+        self.keys, self.image, self.where = keys, image, where
 
-    def update(self, keys: torch.Tensor, image: torch.Tensor, where: torch.Tensor) -> None:
-        """keys/where (U, B), image (B,): keep the k largest keys of old + new per unit."""
+    @classmethod
+    def empty(cls, units: int, k: int, device: torch.device | str = "cpu") -> "TopK":
+        def full(value: int) -> torch.Tensor:
+            return torch.full((units, k), value, dtype=torch.int64, device=device)
+
+        return cls(full(int(PAD)), full(-1), full(-1))
+
+    @property
+    def k(self) -> int:
+        return self.keys.shape[1]
+
+    def add(self, keys: torch.Tensor, image: torch.Tensor, where: torch.Tensor) -> None:
+        """keys/where (U, B), image (B,) or (U, B): keep the k largest keys of old + new per unit."""
         best, index = torch.cat([self.keys, keys], dim=1).topk(self.k, dim=1)
         units, batch = keys.shape
         self.image = torch.cat([self.image, image.expand(units, batch)], dim=1).gather(1, index)
         self.where = torch.cat([self.where, where], dim=1).gather(1, index)
         self.keys = best
 
-    def to_numpy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def merge(self, other: "TopK") -> "TopK":
+        if (other.keys.shape[0], other.k) != (self.keys.shape[0], self.k):
+            raise StateError(f"cannot merge top-k of shape {tuple(self.keys.shape)} with {tuple(other.keys.shape)}")
+        merged = TopK(self.keys.clone(), self.image.clone(), self.where.clone())
+        device = self.keys.device
+        merged.add(other.keys.to(device), other.image.to(device), other.where.to(device))
+        return merged
+
+    def floor(self, start: int, stop: int) -> torch.Tensor:
+        """The k-th best key of units [start, stop): what a new entry must beat."""
+        return self.keys[start:stop, -1]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Host (keys, image, where), each (U, k); empty slots have image and where -1."""
         keys = self.keys.cpu().numpy()
         empty = keys == PAD
         image = np.where(empty, -1, self.image.cpu().numpy())
         where = np.where(empty, -1, self.where.cpu().numpy())
         return keys, image, where
+
+    def state(self) -> State:
+        keys, image, where = self.result()
+        return {"keys": keys, "image": image, "where": where}
+
+    @classmethod
+    def from_state(cls, state: State) -> "TopK":
+        keys = take(state, "keys", "int", ndim=2)
+        image = check_shape("image", take(state, "image", "int", ndim=2), keys.shape)
+        where = check_shape("where", take(state, "where", "int", ndim=2), keys.shape)
+        return cls(*(torch.from_numpy(np.array(a, dtype=np.int64)) for a in (keys, image, where)))
+
+
+@dataclass(frozen=True, eq=False)
+class UnitTotals:
+    """Host copies of everything a scan kept per unit, over the concatenated unit axis."""
+
+    top: TopK
+    bottom: TopK
+    sums: ExactSum  # rows in STATISTICS order
+    images: np.ndarray  # int64 (U,): images with finite reductions
+    nonfinite: np.ndarray  # int64 (U,)
+    max_positive: np.ndarray  # int64 (U,)
+    sketch: QuantileSketch
 
 
 class UnitAccumulator:
@@ -114,25 +165,23 @@ class UnitAccumulator:
     def __init__(self, units: int, k: int, device: torch.device) -> None:
         self.units = units
         self.device = device
-        self.top = _Extremes(units, k, device)
-        self.bottom = _Extremes(units, k, device)
-        self.sums = torch.zeros((len(_ROWS), units, exact_sum.LIMBS), dtype=torch.int64, device=device)
-        self.host_sums = np.zeros((len(_ROWS), units, exact_sum.LIMBS), dtype=np.int64)
+        self.top = TopK.empty(units, k, device)
+        self.bottom = TopK.empty(units, k, device)
+        self.sums = ExactSum.zeros(len(_ROWS), units)
         self.images = torch.zeros(units, dtype=torch.int64, device=device)
         self.nonfinite = torch.zeros(units, dtype=torch.int64, device=device)
         self.max_positive = torch.zeros(units, dtype=torch.int64, device=device)
-        self.sketch = torch.zeros((units, sketch.BUCKETS), dtype=torch.int32, device=device)
-        self._pending = 0
+        self.sketch = QuantileSketch.empty(units)
 
-    def update(self, reduced: Reduced, image_positions: torch.Tensor, image_ranks: torch.Tensor) -> None:
+    def add(self, reduced: Reduced, image_positions: torch.Tensor, image_ranks: torch.Tensor) -> None:
         """Fold one batch in: reduced (B, U) tensors, positions/ranks (B,) int64 on the device."""
         maxima = reduced.maxima.transpose(0, 1)  # (U, B)
         ranks = image_ranks.view(1, -1)
         nan = maxima.isnan()
         pad = torch.full_like(maxima, int(PAD), dtype=torch.int64)
         where = reduced.argmax.transpose(0, 1)
-        self.top.update(torch.where(nan, pad, top_keys(maxima, ranks)), image_positions, where)
-        self.bottom.update(torch.where(nan, pad, bottom_keys(maxima, ranks)), image_positions, where)
+        self.top.add(torch.where(nan, pad, top_keys(maxima, ranks)), image_positions, where)
+        self.bottom.add(torch.where(nan, pad, bottom_keys(maxima, ranks)), image_positions, where)
 
         square = reduced.maxima.double().square()
         rounded = square.float()
@@ -140,46 +189,31 @@ class UnitAccumulator:
             [reduced.maxima, rounded, (square - rounded.double()).float(), reduced.means, reduced.mean_squares]
         )  # (rows, B, U)
         finite = values.isfinite().all(dim=0)  # (B, U)
-        exact_sum.add_(self.sums, torch.where(finite, values, torch.zeros_like(values)))
+        self.sums.add(torch.where(finite, values, torch.zeros_like(values)))
         finite_count = finite.sum(dim=0)
         self.images += finite_count
         self.nonfinite += finite.shape[0] - finite_count
         self.max_positive += (finite & (reduced.maxima > 0)).sum(dim=0)
-        sketch.add_(self.sketch, torch.where(finite, reduced.maxima, torch.zeros_like(reduced.maxima)), finite)
-        self._pending += finite.shape[0]
-        if self._pending >= exact_sum.flush_interval():
-            self._flush()
+        self.sketch.add(torch.where(finite, reduced.maxima, torch.zeros_like(reduced.maxima)), finite)
 
     def floors(self, lo: int, hi: int, ranks: torch.Tensor) -> Floors:
         """Entry thresholds for units [lo, hi) (the current k-th best keys)."""
-        return Floors(self.top.keys[lo:hi, -1], self.bottom.keys[lo:hi, -1], ranks)
+        return Floors(self.top.floor(lo, hi), self.bottom.floor(lo, hi), ranks)
 
-    def _flush(self) -> None:
-        self.host_sums = exact_sum.normalize(self.host_sums + self.sums.cpu().numpy())
-        self.sums.zero_()
-        self._pending = 0
-
-    def _statistic_sums(self) -> np.ndarray:
-        """(len(STATISTICS), U, LIMBS): the two parts of the squares joined, exactly."""
-        rows = {name: self.host_sums[i] for i, name in enumerate(_ROWS)}
+    def _statistic_sums(self) -> ExactSum:
+        """Sums in STATISTICS order: the two parts of the squares joined, exactly."""
+        limbs = self.sums.limbs
+        rows = {name: limbs[i] for i, name in enumerate(_ROWS)}
         rows["max_squared"] = rows["max_squared"] + rows.pop("max_squared_remainder")
-        return exact_sum.normalize(np.stack([rows[name] for name in STATISTICS]))
+        return ExactSum(np.stack([rows[name] for name in STATISTICS]))
 
-    def finish(self) -> dict[str, np.ndarray]:
+    def finish(self) -> UnitTotals:
         """Host copies of every accumulator (the device state can be dropped afterwards)."""
-        self._flush()
-        counts = self.sketch.cpu().numpy()
-        unit, bucket = np.nonzero(counts)
-        top_keys_, top_image, top_where = self.top.to_numpy()
-        bottom_keys_, bottom_image, bottom_where = self.bottom.to_numpy()
-        return {
-            "top_keys": top_keys_, "top_image": top_image, "top_where": top_where,
-            "bottom_keys": bottom_keys_, "bottom_image": bottom_image, "bottom_where": bottom_where,
-            "sums": self._statistic_sums(),
-            "images": self.images.cpu().numpy(),
-            "nonfinite": self.nonfinite.cpu().numpy(),
-            "max_positive": self.max_positive.cpu().numpy(),
-            "sketch_unit": unit.astype(np.int64),
-            "sketch_bucket": bucket.astype(np.int64),
-            "sketch_count": counts[unit, bucket].astype(np.int64),
-        }
+        def host(top: TopK) -> TopK:
+            return TopK.from_state(top.state())
+
+        return UnitTotals(
+            top=host(self.top), bottom=host(self.bottom), sums=self._statistic_sums(),
+            images=self.images.cpu().numpy(), nonfinite=self.nonfinite.cpu().numpy(),
+            max_positive=self.max_positive.cpu().numpy(), sketch=self.sketch,
+        )

@@ -17,6 +17,8 @@ import math
 import numpy as np
 import torch
 
+from loupe.pipeline.scan.state import State, StateError, take
+
 LIMB_BITS = 16
 LIMBS = 18  # float32 spans exponents -149..127: 277 bits / 16 bits per limb
 BIAS = 172  # 2**-149 (smallest subnormal) has mantissa 2**23 at exponent -172
@@ -65,6 +67,59 @@ def _ldexp_int(value: int, exponent: int) -> float:
         return math.copysign(math.inf, value)
 
 
-def flush_interval() -> int:
-    """How many values a device accumulator may take before it must be normalized on the host."""
-    return _FLUSH_EVERY
+class ExactSum:
+    """Exact sums per (row, unit) as integer limbs: `add` on the model's device, merge on the host.
+
+    Device limbs are moved to the host (normalized) before they could overflow; the host limbs are
+    the canonical state, so any grouping of adds and merges gives the same integers.
+    """
+
+    def __init__(self, limbs: np.ndarray) -> None:
+        self._limbs = normalize(limbs)
+        self._device: torch.Tensor | None = None
+        self._pending = 0
+
+    @classmethod
+    def zeros(cls, rows: int, units: int) -> "ExactSum":
+        return cls(np.zeros((rows, units, LIMBS), dtype=np.int64))
+
+    @property
+    def limbs(self) -> np.ndarray:
+        """(rows, units, LIMBS) int64, normalized, including everything added so far."""
+        self._flush()
+        return self._limbs
+
+    def add(self, values: torch.Tensor) -> None:
+        """Add values (rows, B, units) float32, all finite, on any device."""
+        if self._device is None:
+            self._device = torch.zeros(self._limbs.shape, dtype=torch.int64, device=values.device)
+        add_(self._device, values)
+        self._pending += values.shape[1]
+        if self._pending >= _FLUSH_EVERY:
+            self._flush()
+
+    def merge(self, other: "ExactSum") -> "ExactSum":
+        return ExactSum(self.limbs + other.limbs)
+
+    def result(self) -> np.ndarray:
+        """(rows, units) float64 sums, correctly rounded."""
+        return to_float(self.limbs)
+
+    def select(self, rows: slice | list[int] = slice(None), units: slice = slice(None)) -> "ExactSum":
+        return ExactSum(self.limbs[rows, units])
+
+    def state(self) -> State:
+        return {"limbs": self.limbs.copy()}
+
+    @classmethod
+    def from_state(cls, state: State) -> "ExactSum":
+        limbs = take(state, "limbs", "int", ndim=3)
+        if limbs.shape[-1] != LIMBS:
+            raise StateError(f"statistic state array 'limbs' must have {LIMBS} limbs, got shape {limbs.shape}")
+        return cls(limbs)
+
+    def _flush(self) -> None:
+        if self._device is not None and self._pending:
+            self._limbs = normalize(self._limbs + self._device.cpu().numpy())
+            self._device = None  # a fresh one on the next add (this one may be an inference tensor)
+        self._pending = 0

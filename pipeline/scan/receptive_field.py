@@ -17,13 +17,14 @@ boxes are then a table lookup. Positions that depend on no pixel at all get the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from loupe.pipeline.models import capture
 from loupe.pipeline.scan.layout import as_channels_first
+from loupe.pipeline.scan.state import State, StateError, prefixed, strings, take, unprefixed
 
 if TYPE_CHECKING:
     from loupe.pipeline.models import LoadedModel
@@ -50,6 +51,20 @@ class ReceptiveField:
     @property
     def shared(self) -> bool:
         return self.boxes.shape[0] == 1
+
+    def state(self) -> State:
+        return {"layer": np.array(self.layer), "input_size": np.array(self.input_size, dtype=np.int64),
+                "boxes": np.asarray(self.boxes, dtype=np.int32)}
+
+    @classmethod
+    def from_state(cls, state: State) -> "ReceptiveField":
+        boxes = take(state, "boxes", "int", ndim=3)
+        size = take(state, "input_size", "int", ndim=1)
+        if boxes.shape[-1] != 4 or size.shape != (2,):
+            raise StateError(f"receptive field state has boxes of shape {boxes.shape} and input size {size.tolist()}; "
+                             "expected (C, P, 4) and (height, width)")
+        return cls(str(take(state, "layer", "str", ndim=0)), (int(size[0]), int(size[1])),
+                   np.ascontiguousarray(boxes, dtype=np.int32))
 
     def size(self) -> tuple[int, int]:
         """Largest box height and width: the receptive field size away from borders."""
@@ -101,4 +116,23 @@ def probe_receptive_fields(
         if (boxes == boxes[:1]).all():
             boxes = boxes[:1]
         fields[name] = ReceptiveField(name, (size, size), np.ascontiguousarray(boxes))
+    return fields
+
+
+def fields_state(fields: Mapping[str, ReceptiveField]) -> State:
+    """Several layers' fields as one plain-array state (for a build to save once and share)."""
+    out: State = {"layers": strings(fields)}
+    for index, value in enumerate(fields.values()):
+        out.update(prefixed(f"layer{index}", value.state()))
+    return out
+
+
+def fields_from_state(state: State) -> dict[str, ReceptiveField]:
+    """The fields saved by `fields_state`, keyed by layer."""
+    fields = {}
+    for index, name in enumerate(take(state, "layers", "str", ndim=1).tolist()):
+        value = ReceptiveField.from_state(unprefixed(f"layer{index}", state))
+        if value.layer != name:
+            raise StateError(f"receptive field state lists layer {name!r} but holds boxes of {value.layer!r}")
+        fields[name] = value
     return fields

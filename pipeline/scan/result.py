@@ -1,12 +1,16 @@
-"""What a scan leaves behind: per-unit examples and statistics, compact, picklable and mergeable.
+"""What a scan leaves behind: per-unit examples and statistics, compact and mergeable.
 
-A `ScanResult` holds only numpy arrays and plain Python values (a few MB for thousands of
-units), so a Ray worker can return it cheaply. Results of disjoint shards of one listing merge
-associatively and commutatively into exactly the result of a single pass over their union:
+A `ScanResult` holds only numpy arrays and plain values (a few MB for thousands of units).
+Results of disjoint shards of one listing merge associatively and commutatively into exactly
+the result of a single pass over their union:
 
 - top-k/bottom-k: the k largest int64 sort keys of both sides (value, then image id; see keys.py);
 - sums: integer superaccumulators added exactly (exact_sum.py); counts and sketch buckets added;
 - skipped images and covered ranges: united (merging a shard twice is an error, not a double count).
+
+Every part follows one protocol (state.py): `merge(other)`, `state()` -> plain arrays and
+`from_state(state)`, so a shard's result is saved as an `.npz` of numbers and strings, never a
+pickle, and `from_state(r.state())` equals `r` bit for bit.
 
 `units_table`, `examples_table`, `skipped_table` and `sketch_table` give Arrow tables ready for
 storage; statistics are also available as numpy arrays through `LayerResult`.
@@ -22,13 +26,18 @@ import pyarrow as pa
 
 from loupe.pipeline.data.loader import SkippedImage
 from loupe.pipeline.errors import LoupeError
-from loupe.pipeline.scan import exact_sum, sketch
+from loupe.pipeline.scan import sketch
 from loupe.pipeline.scan.accumulate import STATISTICS
+from loupe.pipeline.scan.exact_sum import ExactSum
 from loupe.pipeline.scan.keys import PAD, decode_values
 from loupe.pipeline.scan.layout import positions_count, to_yx
+from loupe.pipeline.scan.sketch import QuantileSketch
+from loupe.pipeline.scan.state import State, check_shape, prefixed, scalar, strings, take, unprefixed
 
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2
 QUANTILES = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
+_EXAMPLE_ARRAYS = ("keys", "image_index", "position", "box")
+_COUNTS = ("images", "nonfinite", "max_positive")
 
 
 class MergeError(LoupeError):
@@ -50,6 +59,35 @@ class Examples:
     def filled(self) -> np.ndarray:
         return self.keys != PAD
 
+    def merge(self, other: "Examples") -> "Examples":
+        """The k best slots of both (keys are unique per image, so the order of merges does not matter)."""
+        k = self.keys.shape[1]
+        keys = np.concatenate([self.keys, other.keys], axis=1)
+        order = np.argsort(keys, axis=1, kind="stable")[:, ::-1][:, :k]
+
+        def take_best(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            both = np.concatenate([a, b], axis=1)
+            index = order.reshape(order.shape + (1,) * (both.ndim - 2))
+            return np.take_along_axis(both, index, axis=1)
+
+        return Examples(*(take_best(getattr(self, n), getattr(other, n)) for n in _EXAMPLE_ARRAYS))
+
+    def equals(self, other: "Examples") -> bool:
+        return all(np.array_equal(getattr(self, n), getattr(other, n)) for n in _EXAMPLE_ARRAYS)
+
+    def state(self) -> State:
+        return {name: np.array(getattr(self, name)) for name in _EXAMPLE_ARRAYS}
+
+    @classmethod
+    def from_state(cls, state: State) -> "Examples":
+        keys = take(state, "keys", "int", ndim=2)
+        return cls(
+            keys=keys.astype(np.int64),
+            image_index=check_shape("image_index", take(state, "image_index", "int", ndim=2), keys.shape).astype(np.int64),
+            position=check_shape("position", take(state, "position", "int", ndim=2), keys.shape).astype(np.int64),
+            box=check_shape("box", take(state, "box", "int", ndim=3), (*keys.shape, 4)).astype(np.int32),
+        )
+
 
 @dataclass(eq=False)
 class LayerResult:
@@ -63,11 +101,9 @@ class LayerResult:
     bottom: Examples
     images: np.ndarray  # int64 (C,): images with finite activations
     nonfinite: np.ndarray  # int64 (C,): images skipped by the statistics (NaN/inf)
-    sums: np.ndarray  # int64 (4, C, LIMBS): exact sums of STATISTICS, normalized
+    sums: ExactSum  # (len(STATISTICS), C) exact sums
     max_positive: np.ndarray  # int64 (C,): images whose max is > 0
-    sketch_unit: np.ndarray  # int64 (n,), sorted with sketch_bucket
-    sketch_bucket: np.ndarray  # int64 (n,)
-    sketch_count: np.ndarray  # int64 (n,)
+    sketch: QuantileSketch  # of per-image maxima
 
     @property
     def positions(self) -> int:
@@ -75,7 +111,7 @@ class LayerResult:
 
     def totals(self) -> dict[str, np.ndarray]:
         """float64 sums over images of each statistic in STATISTICS."""
-        values = exact_sum.to_float(self.sums)
+        values = self.sums.result()
         return {name: values[i] for i, name in enumerate(STATISTICS)}
 
     def statistics(self) -> dict[str, np.ndarray]:
@@ -105,8 +141,56 @@ class LayerResult:
         """(C, len(qs)) quantiles of per-image maxima from the sketch (1% relative accuracy)."""
         low = self.bottom.values(bottom=True)[:, 0] if low is None else low
         high = self.top.values(bottom=False)[:, 0] if high is None else high
-        return sketch.quantiles(self.sketch_unit, self.sketch_bucket, self.sketch_count, self.channels,
-                                np.asarray(qs, dtype=np.float64), low, high)
+        return self.sketch.result(np.asarray(qs, dtype=np.float64), low, high)
+
+    def merge(self, other: "LayerResult") -> "LayerResult":
+        if (self.layer, self.channels, tuple(self.spatial)) != (other.layer, other.channels, tuple(other.spatial)):
+            raise MergeError(f"layer {self.layer} has shape {(self.channels, *self.spatial)} in one result "
+                             f"and {(other.channels, *other.spatial)} in the other")
+        return replace(
+            self,
+            top=self.top.merge(other.top),
+            bottom=self.bottom.merge(other.bottom),
+            images=self.images + other.images,
+            nonfinite=self.nonfinite + other.nonfinite,
+            sums=self.sums.merge(other.sums),
+            max_positive=self.max_positive + other.max_positive,
+            sketch=self.sketch.merge(other.sketch),
+        )
+
+    def equals(self, other: "LayerResult") -> bool:
+        if (self.layer, self.layout, self.channels, tuple(self.spatial)) != (
+                other.layer, other.layout, other.channels, tuple(other.spatial)):
+            return False
+        if not all(np.array_equal(getattr(self, n), getattr(other, n)) for n in _COUNTS):
+            return False
+        return (self.top.equals(other.top) and self.bottom.equals(other.bottom)
+                and _states_equal(self.sums.state(), other.sums.state())
+                and _states_equal(self.sketch.state(), other.sketch.state()))
+
+    def state(self) -> State:
+        return {
+            "name": np.array(self.layer), "layout": np.array(self.layout), "channels": np.int64(self.channels),
+            "spatial": np.array(self.spatial, dtype=np.int64),
+            **{name: np.array(getattr(self, name)) for name in _COUNTS},
+            **prefixed("top", self.top.state()), **prefixed("bottom", self.bottom.state()),
+            **prefixed("sums", self.sums.state()), **prefixed("sketch", self.sketch.state()),
+        }
+
+    @classmethod
+    def from_state(cls, state: State) -> "LayerResult":
+        channels = scalar(state, "channels", "int")
+        counts = {name: check_shape(name, take(state, name, "int", ndim=1), (channels,)).astype(np.int64)
+                  for name in _COUNTS}
+        return cls(
+            layer=scalar(state, "name", "str"), layout=scalar(state, "layout", "str"), channels=channels,
+            spatial=tuple(int(v) for v in take(state, "spatial", "int", ndim=1)),
+            top=Examples.from_state(unprefixed("top", state)),
+            bottom=Examples.from_state(unprefixed("bottom", state)),
+            sums=ExactSum.from_state(unprefixed("sums", state)),
+            sketch=QuantileSketch.from_state(unprefixed("sketch", state)),
+            **counts,
+        )
 
 
 @dataclass(eq=False)
@@ -130,7 +214,7 @@ class ScanResult:
         """The result of scanning both results' images in one pass."""
         _check_compatible(self, other)
         ranges = _united_ranges(self.ranges, other.ranges)
-        layers = {name: _merge_layer(self.layers[name], other.layers[name], self.k) for name in self.layers}
+        layers = {name: self.layers[name].merge(other.layers[name]) for name in self.layers}
         referenced = set()
         for layer in layers.values():
             for part in (layer.top, layer.bottom):
@@ -153,7 +237,51 @@ class ScanResult:
                  "image_ids", "format")
         if any(getattr(self, f) != getattr(other, f) for f in plain) or list(self.layers) != list(other.layers):
             return False
-        return all(_layer_equal(self.layers[n], other.layers[n]) for n in self.layers)
+        return all(self.layers[n].equals(other.layers[n]) for n in self.layers)
+
+    # ---- plain-array state ------------------------------------------------------------------
+    def state(self) -> State:
+        """Every field as numeric or fixed-width string arrays (savable with np.savez, no pickle)."""
+        out: State = {
+            "format": np.int64(self.format), "model": np.array(self.model),
+            "weights_digest": np.array(self.weights_digest), "listing": np.array(self.listing),
+            "input_size": np.int64(self.input_size), "k": np.int64(self.k), "scanned": np.int64(self.scanned),
+            "ranges": np.array(self.ranges, dtype=np.int64).reshape(-1, 2),
+            "skipped.position": np.array([s.position for s in self.skipped], dtype=np.int64),
+            "skipped.image_id": strings(s.image_id for s in self.skipped),
+            "skipped.reason": strings(s.reason for s in self.skipped),
+            "images.position": np.array(list(self.image_ids), dtype=np.int64),
+            "images.id": strings(self.image_ids.values()),
+            "layers": strings(self.layers),
+        }
+        for index, layer in enumerate(self.layers.values()):
+            out.update(prefixed(f"layer{index}", layer.state()))
+        return out
+
+    @classmethod
+    def from_state(cls, state: State) -> "ScanResult":
+        """The result saved by `state()`; raises StateError naming the first bad array."""
+        version = scalar(state, "format", "int")
+        if version != RESULT_FORMAT:
+            raise MergeError(f"scan result state has format {version}; this Loupe reads format {RESULT_FORMAT}")
+        ranges = take(state, "ranges", "int", ndim=2)
+        check_shape("ranges", ranges, (len(ranges), 2))
+        skipped_at = take(state, "skipped.position", "int", ndim=1)
+        skipped_ids = check_shape("skipped.image_id", take(state, "skipped.image_id", "str", ndim=1), skipped_at.shape)
+        reasons = check_shape("skipped.reason", take(state, "skipped.reason", "str", ndim=1), skipped_at.shape)
+        image_at = take(state, "images.position", "int", ndim=1)
+        image_ids = check_shape("images.id", take(state, "images.id", "str", ndim=1), image_at.shape)
+        names = take(state, "layers", "str", ndim=1).tolist()
+        layers = {name: LayerResult.from_state(unprefixed(f"layer{i}", state)) for i, name in enumerate(names)}
+        return cls(
+            model=scalar(state, "model", "str"), weights_digest=scalar(state, "weights_digest", "str"),
+            listing=scalar(state, "listing", "str"), input_size=scalar(state, "input_size", "int"),
+            k=scalar(state, "k", "int"), ranges=tuple((int(a), int(b)) for a, b in ranges.tolist()),
+            scanned=scalar(state, "scanned", "int"),
+            skipped=tuple(SkippedImage(int(p), str(i), str(r)) for p, i, r in zip(skipped_at, skipped_ids, reasons)),
+            image_ids={int(p): str(i) for p, i in zip(image_at, image_ids)},
+            layers=layers, format=version,
+        )
 
     # ---- tables -----------------------------------------------------------------------------
     def units_table(self) -> pa.Table:
@@ -207,13 +335,14 @@ class ScanResult:
         """The quantile sketch of per-image maxima as (layer, unit, bucket, count, lower, upper) rows."""
         tables = []
         for name, layer in self.layers.items():
-            lower, upper = sketch.bucket_bounds(layer.sketch_bucket)
+            unit, bucket, count = layer.sketch.rows()
+            lower, upper = sketch.bucket_bounds(bucket)
             tables.append(pa.table({
                 "model": pa.array([self.model] * len(lower), pa.string()),
                 "layer": pa.array([name] * len(lower), pa.string()),
-                "unit": pa.array(layer.sketch_unit.astype(np.int32)),
-                "bucket": pa.array(layer.sketch_bucket.astype(np.int32)),
-                "count": pa.array(layer.sketch_count),
+                "unit": pa.array(unit.astype(np.int32)),
+                "bucket": pa.array(bucket.astype(np.int32)),
+                "count": pa.array(count),
                 "lower": pa.array(lower),
                 "upper": pa.array(upper),
             }))
@@ -255,11 +384,6 @@ def _check_compatible(a: ScanResult, b: ScanResult) -> None:
             raise MergeError(f"cannot merge scan results with different {name}: {getattr(a, name)!r} vs {getattr(b, name)!r}")
     if list(a.layers) != list(b.layers):
         raise MergeError(f"cannot merge scan results of different layers: {list(a.layers)} vs {list(b.layers)}")
-    for name, layer in a.layers.items():
-        other = b.layers[name]
-        if (layer.channels, layer.spatial) != (other.channels, other.spatial):
-            raise MergeError(f"layer {name} has shape {(layer.channels, *layer.spatial)} in one result "
-                             f"and {(other.channels, *other.spatial)} in the other")
 
 
 def _united_ranges(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
@@ -279,50 +403,8 @@ def _united_ranges(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -
     return tuple(united)
 
 
-def _merge_examples(a: Examples, b: Examples, k: int) -> Examples:
-    keys = np.concatenate([a.keys, b.keys], axis=1)
-    order = np.argsort(keys, axis=1, kind="stable")[:, ::-1][:, :k]
-    take = lambda x, y: np.take_along_axis(np.concatenate([x, y], axis=1), order, axis=1)  # noqa: E731
-    box_order = np.repeat(order[:, :, None], 4, axis=2)
-    return Examples(
-        keys=take(a.keys, b.keys),
-        image_index=take(a.image_index, b.image_index),
-        position=take(a.position, b.position),
-        box=np.take_along_axis(np.concatenate([a.box, b.box], axis=1), box_order, axis=1),
-    )
-
-
-def _merge_layer(a: LayerResult, b: LayerResult, k: int) -> LayerResult:
-    combined = np.concatenate([a.sketch_unit * sketch.BUCKETS + a.sketch_bucket,
-                               b.sketch_unit * sketch.BUCKETS + b.sketch_bucket])
-    flat, inverse = np.unique(combined, return_inverse=True)
-    counts = np.zeros(len(flat), dtype=np.int64)
-    np.add.at(counts, inverse, np.concatenate([a.sketch_count, b.sketch_count]))
-    return replace(
-        a,
-        top=_merge_examples(a.top, b.top, k),
-        bottom=_merge_examples(a.bottom, b.bottom, k),
-        images=a.images + b.images,
-        nonfinite=a.nonfinite + b.nonfinite,
-        sums=exact_sum.normalize(a.sums + b.sums),
-        max_positive=a.max_positive + b.max_positive,
-        sketch_unit=flat // sketch.BUCKETS,
-        sketch_bucket=flat % sketch.BUCKETS,
-        sketch_count=counts,
-    )
-
-
-def _layer_equal(a: LayerResult, b: LayerResult) -> bool:
-    if (a.layer, a.layout, a.channels, tuple(a.spatial)) != (b.layer, b.layout, b.channels, tuple(b.spatial)):
-        return False
-    arrays = ("images", "nonfinite", "sums", "max_positive", "sketch_unit", "sketch_bucket", "sketch_count")
-    if not all(np.array_equal(getattr(a, n), getattr(b, n)) for n in arrays):
-        return False
-    return all(
-        np.array_equal(getattr(x, n), getattr(y, n))
-        for x, y in ((a.top, b.top), (a.bottom, b.bottom))
-        for n in ("keys", "image_index", "position", "box")
-    )
+def _states_equal(a: State, b: State) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) for n in a)
 
 
 def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:

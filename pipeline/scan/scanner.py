@@ -11,7 +11,6 @@ and unit; one vectorized update per batch folds them into the running state of e
 
 from __future__ import annotations
 
-import time
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
@@ -23,9 +22,10 @@ from loupe.pipeline.data.listing import Listing
 from loupe.pipeline.data.loader import Batch, SkippedImage
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.models import capture
-from loupe.pipeline.scan.accumulate import Reduced, UnitAccumulator, concat, reduce_activation
+from loupe.pipeline.scan.accumulate import UnitAccumulator, UnitTotals
+from loupe.pipeline.scan.batch_pass import BatchPass, Tally
 from loupe.pipeline.scan.chunks import POOLINGS, SPATIAL, ChunkSink, ChunkStream
-from loupe.pipeline.scan.layout import as_channels_first, positions_count
+from loupe.pipeline.scan.layout import positions_count
 from loupe.pipeline.scan.receptive_field import ReceptiveField, probe_receptive_fields
 from loupe.pipeline.scan.result import Examples, LayerResult, ScanResult
 
@@ -165,66 +165,29 @@ class Scanner:
         fixed shape keeps each image's activations bit-identical however shards and skipped
         images fall, so shard results merge into exactly the single-pass result.
         """
-        device = self.model.device
         fields = self.receptive_fields
-        state = UnitAccumulator(self.units, self.options.k, device)
-        pooled, spatial = self._streams(listing, on_chunk)
-        reduced: dict[str, Reduced] = {}
-        maps: dict[str, torch.Tensor] = {}
-        layouts = {info.name: info.layout for info in self.infos}
-        map_dtype = _DTYPES[self.options.activation_dtype]
+        run = self._pass(listing, on_chunk)
+        tally = Tally(listing.start)
+        with capture(self.model, self.layers, on_output=run.on_output) as cap, torch.inference_mode():
+            for batch in batches:
+                self._check_batch(batch, tally.done, listing)
+                run.run(cap, batch, self.model.device, pad_to)
+                tally.count(batch)
+                if on_progress is not None:
+                    on_progress(ScanProgress(tally.done - listing.start, len(listing), tally.scanned,
+                                             len(tally.skipped), tally.seconds, list(batch.skipped)))
+        if tally.done != listing.stop:
+            raise ScanError(f"batches ended at listing position {tally.done}, expected {listing.stop}")
+        return self._result(run.finish(), fields, listing, tally.scanned, tally.skipped)
 
-        lazy_positions = self.options.position_search == "candidates" or (
+    def _pass(self, listing: Listing, sink: ChunkSink | None) -> BatchPass:
+        device = self.model.device
+        lazy = self.options.position_search == "candidates" or (
             self.options.position_search == "auto" and device.type == "cpu"
         )
-        ranges = {name: (lo, hi) for name, lo, hi in self.offsets}
-        current: dict[str, torch.Tensor] = {}
-
-        def on_output(name: str, activation: torch.Tensor) -> None:
-            flat = as_channels_first(activation, layouts[name]).flatten(2)
-            floors = state.floors(*ranges[name], current["ranks"]) if lazy_positions else None
-            reduced[name] = reduce_activation(flat, floors)
-            if name in spatial:  # the tensor is only valid during the callback: copy it
-                maps[name] = as_channels_first(activation, layouts[name]).to(map_dtype, copy=True)
-
-        scanned, skipped, done = 0, [], listing.start
-        started = time.perf_counter()
-        with capture(self.model, self.layers, on_output=on_output) as cap, torch.inference_mode():
-            for batch in batches:
-                self._check_batch(batch, done, listing)
-                skipped.extend(batch.skipped)
-                if len(batch):
-                    images = batch.images.to(device, non_blocking=True).float().div_(255.0)
-                    count = len(batch)
-                    if pad_to is not None and count < pad_to:
-                        images = torch.cat([images, images.new_zeros((pad_to - count, *images.shape[1:]))])
-                    positions = torch.from_numpy(batch.positions).to(device, non_blocking=True)
-                    ranks = torch.from_numpy(batch.keys).to(device, non_blocking=True)
-                    current["ranks"] = torch.cat([ranks, ranks.new_zeros(len(images) - count)])
-                    reduced.clear()
-                    maps.clear()
-                    cap.run(images)
-                    joined = concat([reduced[name] for name in self.layers]).head(count)
-                    maps.update({name: value[:count] for name, value in maps.items()})
-                    state.update(joined, positions, ranks)
-                    if pooled is not None:
-                        pooled.add(batch.positions, {"max": joined.maxima, "mean": joined.means})
-                    for name, stream in spatial.items():
-                        stream.add(batch.positions, {SPATIAL: maps[name]})
-                    scanned += len(batch)
-                done = batch.stop
-                for stream in [pooled, *spatial.values()]:
-                    if stream is not None:
-                        stream.advance(done)
-                if on_progress is not None:
-                    on_progress(ScanProgress(done - listing.start, len(listing), scanned, len(skipped),
-                                             time.perf_counter() - started, list(batch.skipped)))
-        if done != listing.stop:
-            raise ScanError(f"batches ended at listing position {done}, expected {listing.stop}")
-        for stream in [pooled, *spatial.values()]:
-            if stream is not None:
-                stream.finish()
-        return self._result(state.finish(), fields, listing, scanned, skipped)
+        pooled, spatial = self._streams(listing, sink)
+        return BatchPass(self.infos, self.offsets, UnitAccumulator(self.units, self.options.k, device), pooled,
+                         spatial, lazy_positions=lazy, map_dtype=_DTYPES[self.options.activation_dtype])
 
     def _check_batch(self, batch: Batch, done: int, listing: Listing) -> None:
         if batch.start != done or batch.stop > listing.stop:
@@ -250,29 +213,26 @@ class Scanner:
                 )
         return pooled, spatial
 
-    def _result(self, state: dict[str, np.ndarray], fields: dict[str, ReceptiveField], listing: Listing,
+    def _result(self, totals: UnitTotals, fields: dict[str, ReceptiveField], listing: Listing,
                 scanned: int, skipped: list[SkippedImage]) -> ScanResult:
         layers = {}
         referenced: set[int] = set()
+        extremes = {"top": totals.top.result(), "bottom": totals.bottom.result()}
         for info, (name, lo, hi) in zip(self.infos, self.offsets):
             parts = {}
-            for kind in ("top", "bottom"):
-                keys = state[f"{kind}_keys"][lo:hi]
-                image = state[f"{kind}_image"][lo:hi]
-                where = state[f"{kind}_where"][lo:hi]
+            for kind, arrays in extremes.items():
+                keys, image, where = (a[lo:hi] for a in arrays)
                 channels = np.broadcast_to(np.arange(hi - lo)[:, None], keys.shape)
                 box = fields[name].lookup(channels, np.maximum(where, 0)).astype(np.int32)
                 box[image < 0] = 0
                 parts[kind] = Examples(keys.copy(), image.copy(), where.copy(), box)
                 referenced.update(image[image >= 0].tolist())
-            in_layer = (state["sketch_unit"] >= lo) & (state["sketch_unit"] < hi)
             layers[name] = LayerResult(
                 layer=name, layout=info.layout, channels=info.channels, spatial=tuple(info.spatial),
                 top=parts["top"], bottom=parts["bottom"],
-                images=state["images"][lo:hi].copy(), nonfinite=state["nonfinite"][lo:hi].copy(),
-                sums=state["sums"][:, lo:hi].copy(), max_positive=state["max_positive"][lo:hi].copy(),
-                sketch_unit=state["sketch_unit"][in_layer] - lo, sketch_bucket=state["sketch_bucket"][in_layer],
-                sketch_count=state["sketch_count"][in_layer],
+                images=totals.images[lo:hi].copy(), nonfinite=totals.nonfinite[lo:hi].copy(),
+                sums=totals.sums.select(units=slice(lo, hi)), max_positive=totals.max_positive[lo:hi].copy(),
+                sketch=totals.sketch.select(lo, hi),
             )
         positions = np.array(sorted(referenced), dtype=np.int64)
         ids = listing.ids(positions - listing.start) if len(positions) else []

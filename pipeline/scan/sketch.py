@@ -14,6 +14,8 @@ import math
 import numpy as np
 import torch
 
+from loupe.pipeline.scan.state import State, StateError, check_shape, scalar, take
+
 RELATIVE_ACCURACY = 0.01
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
 LOG_GAMMA = math.log(GAMMA)
@@ -82,3 +84,77 @@ def quantiles(
         pick = np.searchsorted(c, ranks, side="right")
         out[u] = np.clip(values[starts[u]:stops[u]][pick], low[u], high[u])
     return out
+
+
+class QuantileSketch:
+    """Per-unit sketch of values: dense counts on the model's device while adding, else sparse
+    (unit, bucket, count) rows sorted by unit and bucket, which merge by adding counts."""
+
+    def __init__(self, units: int, unit: np.ndarray, bucket: np.ndarray, count: np.ndarray) -> None:
+        self.units = int(units)
+        self._unit = np.asarray(unit, dtype=np.int64)
+        self._bucket = np.asarray(bucket, dtype=np.int64)
+        self._count = np.asarray(count, dtype=np.int64)
+        self._dense: torch.Tensor | None = None
+
+    @classmethod
+    def empty(cls, units: int) -> "QuantileSketch":
+        return cls(units, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def add(self, values: torch.Tensor, weights: torch.Tensor) -> None:
+        """Count values (B, units), each with weight 0 or 1 (e.g. whether it is finite)."""
+        if self._dense is None:
+            self._dense = torch.zeros((self.units, BUCKETS), dtype=torch.int32, device=values.device)
+        add_(self._dense, values, weights)
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(unit, bucket, count) of every non-empty bucket, sorted by unit then bucket."""
+        if self._dense is not None:
+            counts = self._dense.cpu().numpy()
+            unit, bucket = np.nonzero(counts)
+            self._dense = None
+            dense = (unit.astype(np.int64), bucket.astype(np.int64), counts[unit, bucket].astype(np.int64))
+            self._unit, self._bucket, self._count = _union((self._unit, self._bucket, self._count), dense)
+        return self._unit, self._bucket, self._count
+
+    def merge(self, other: "QuantileSketch") -> "QuantileSketch":
+        if other.units != self.units:
+            raise StateError(f"cannot merge quantile sketches of {self.units} and {other.units} units")
+        return QuantileSketch(self.units, *_union(self.rows(), other.rows()))
+
+    def result(self, qs: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """(units, len(qs)) quantiles, clamped into each unit's exact [low, high]."""
+        return quantiles(*self.rows(), self.units, np.asarray(qs, dtype=np.float64), low, high)
+
+    def select(self, start: int, stop: int) -> "QuantileSketch":
+        """The sketch of units [start, stop), renumbered from 0."""
+        unit, bucket, count = self.rows()
+        inside = (unit >= start) & (unit < stop)
+        return QuantileSketch(stop - start, unit[inside] - start, bucket[inside], count[inside])
+
+    def state(self) -> State:
+        unit, bucket, count = self.rows()
+        return {"units": np.int64(self.units), "unit": unit.copy(), "bucket": bucket.copy(), "count": count.copy()}
+
+    @classmethod
+    def from_state(cls, state: State) -> "QuantileSketch":
+        units = scalar(state, "units", "int")
+        unit = take(state, "unit", "int", ndim=1)
+        bucket = check_shape("bucket", take(state, "bucket", "int", ndim=1), unit.shape)
+        count = check_shape("count", take(state, "count", "int", ndim=1), unit.shape)
+        if len(unit) and (unit.min() < 0 or unit.max() >= units or bucket.min() < 0 or bucket.max() >= BUCKETS):
+            raise StateError(f"quantile sketch state names units or buckets outside {units} units x {BUCKETS} buckets")
+        return cls(units, unit, bucket, count)
+
+
+Rows = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _union(a: Rows, b: Rows) -> Rows:
+    """Rows of both sketches with the counts of shared buckets added (exact, order-independent)."""
+    (ua, ba, ca), (ub, bb, cb) = a, b
+    combined = np.concatenate([ua * BUCKETS + ba, ub * BUCKETS + bb])
+    flat, inverse = np.unique(combined, return_inverse=True)
+    counts = np.zeros(len(flat), dtype=np.int64)
+    np.add.at(counts, inverse, np.concatenate([ca, cb]))
+    return flat // BUCKETS, flat % BUCKETS, counts

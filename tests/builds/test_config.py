@@ -42,7 +42,7 @@ def test_duplicate_model_ids_are_rejected():
 
 @pytest.mark.parametrize(
     "spec, expected",
-    [("all", [0, 1, 2, 3, 4]), ("1-3", [1, 2, 3]), ([0, "2-3", 4], [0, 2, 3, 4]), (2, [2])],
+    [("all", [0, 1, 2, 3, 4]), ("1-3", [1, 2, 3]), ([0, "2-3", 4], [0, 2, 3, 4]), (2, [2]), ("0-1, 4", [0, 1, 4])],
 )
 def test_unit_specs(spec, expected):
     assert parse_units(spec, 5, "u") == expected

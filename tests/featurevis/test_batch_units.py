@@ -53,10 +53,10 @@ def test_same_seed_same_images_other_seed_other_images(tiny):
     assert a.seeds.tolist() == [unit_seed(11, "block", u, "channel", 0) for u in (1, 2)]
 
 
-def test_negative_channel_and_neuron_kinds(tiny):
+def test_negative_and_neuron_kinds(tiny):
     settings = RenderSettings(size=24, steps=25)
     positive = render_units(tiny, "mid.2", [4], "channel", settings)
-    negative = render_units(tiny, "mid.0", [4], "negative_channel", settings)
+    negative = render_units(tiny, "mid.0", [4], "negative", settings)
     up = render_units(tiny, "mid.0", [4], "channel", settings)
     assert negative.activations[0] < up.activations[0]
     assert positive.activations[0] > 0
@@ -68,8 +68,28 @@ def test_negative_channel_and_neuron_kinds(tiny):
     assert neuron.activations[0] == pytest.approx(float(out[0, 4, h // 2, w // 2]), rel=1e-4, abs=1e-5)
 
 
+def test_the_callers_thread_count_does_not_change_a_render():
+    from loupe.pipeline.models import load_model
+
+    model = load_model("loupe.pipeline.models.cifar_resnet:resnet20", "none", device="cpu")
+    settings = RenderSettings(size=32, steps=30)
+    saved = torch.get_num_threads()
+    images = {}
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            images[threads] = render_units(model, "layer2", [0, 1, 2, 3], settings=settings, batch_size=4).images
+            assert torch.get_num_threads() == threads  # restored for whatever runs next (scans use all)
+        pinned_to_two = render_units(model, "layer2", [0, 1, 2, 3], settings=RenderSettings(size=32, steps=30, threads=2),
+                                     batch_size=4).images
+    finally:
+        torch.set_num_threads(saved)
+    np.testing.assert_array_equal(images[2], images[1])
+    assert not np.array_equal(images[1], pinned_to_two), "the thread count does matter: pinning it is what helps"
+
+
 def test_diversity_sets_are_grouped_per_unit_and_independent_of_other_units(tiny):
-    settings = RenderSettings(size=24, steps=8, diversity=3)
+    settings = RenderSettings(size=24, steps=8, images_per_unit=3)
     both = render_units(tiny, "block", [2, 6], "diversity", settings, batch_size=6)
     assert both.images.shape == (6, 24, 24, 3)
     assert both.units.tolist() == [2, 2, 2, 6, 6, 6] and both.index.tolist() == [0, 1, 2, 0, 1, 2]
@@ -84,12 +104,16 @@ def test_bad_requests_fail_before_any_work(tiny):
         render_units(tiny, "mid.2", [0, 16], settings=QUICK)
     with pytest.raises(LayerError, match="unknown layer 'mid.9'"):
         render_units(tiny, "mid.9", [0], settings=QUICK)
-    with pytest.raises(LoupeError, match="unknown render kind 'channels'"):
+    with pytest.raises(LoupeError, match="unknown render kind 'channels'; choose one of channel, neuron, negative, diversity"):
         render_units(tiny, "mid.2", [0], "channels", QUICK)
+    with pytest.raises(LoupeError, match="images_per_unit >= 2"):
+        render_units(tiny, "mid.2", [0], "diversity", RenderSettings(size=24, steps=1, images_per_unit=1))
     with pytest.raises(LoupeError, match="no units"):
         render_units(tiny, "mid.2", [], settings=QUICK)
     with pytest.raises(LoupeError, match="steps"):
         RenderSettings(steps=0)
+    with pytest.raises(LoupeError, match="threads"):
+        RenderSettings(threads=0)
     assert hook_count(tiny.module) == before
 
 

@@ -112,6 +112,38 @@ def test_diversity_is_high_for_identical_images_and_lower_for_different_ones():
     assert float(d_diff) < float(d_same)
 
 
+def test_each_element_its_own_unit(T):
+    channels = [2, 0, 3]
+    conv = T("conv")
+    means = torch.stack([conv[i, c].mean() for i, c in enumerate(channels)])
+    assert torch.allclose(O.channel_values(T, "conv", channels), means)
+    assert torch.allclose(O.each_channel("conv", channels)(T), means.sum())
+    centre = torch.stack([conv[i, c, 2, 3] for i, c in enumerate(channels)])
+    assert torch.equal(O.neuron_values(T, "conv", channels), centre)
+    assert torch.allclose(O.each_neuron("conv", channels)(T), centre.sum())
+    assert torch.equal(O.neuron_values(T, "conv", channels, x=1, y=4), conv[[0, 1, 2], channels, 4, 1])
+    with pytest.raises(LoupeError, match="2 channels given for a batch of 3 images"):
+        O.each_channel("conv", [0, 1])(T)
+
+
+def test_each_channel_gradients_stay_in_their_element(T):
+    x = T("conv").clone().requires_grad_(True)
+    O.each_channel("conv", [1, 1, 2])(acts(conv=x)).backward()
+    touched = (x.grad != 0).flatten(2).any(-1)  # [element, channel]
+    assert touched.tolist() == [[False, True, False, False], [False, True, False, False], [False, False, True, False]]
+
+
+def test_diversity_sets_are_scored_separately():
+    x = torch.randn(4, 4, 3, 3)
+    x[2:] = x[2]  # the second set holds two identical images
+    both = O.diversity("x", sets=2)(acts(x=x))
+    first, second = (O.diversity("x")(acts(x=x[k : k + 2])) for k in (0, 2))
+    assert math.isclose(float(second), 1.0, rel_tol=1e-5)  # (N - 1) * cosine 1
+    assert torch.allclose(both, first + second)
+    with pytest.raises(LoupeError, match="does not split into 3 equal sets"):
+        O.diversity("x", sets=3)(acts(x=x))
+
+
 def test_alignment_and_channel_interpolate():
     t = torch.zeros(3, 2, 4, 4)
     t[1] += 1.0

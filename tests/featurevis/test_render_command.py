@@ -60,7 +60,7 @@ def test_same_seed_same_png(toy_source, tmp_path):
 def test_diversity_kind_writes_a_strip(toy_source, tmp_path):
     out = tmp_path / "strip.png"
     run(toy_source, "2:0", "--weights", "none", "--steps", "2", "--size", "16", "--kind", "diversity",
-        "--diversity", "3", "--out", str(out), "--no-progress", "--device", "cpu")
+        "--images-per-unit", "3", "--out", str(out), "--no-progress", "--device", "cpu")
     with Image.open(out) as image:
         assert image.size == (48, 16)
 

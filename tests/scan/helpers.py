@@ -92,3 +92,20 @@ def tiny_model(input_size: int = 10, seed: int = 0) -> LoadedModel:
         TinyNet(), preprocessing=Preprocessing(input_size=input_size, resize_size=input_size), device="cpu",
         name="tiny",
     )
+
+
+class _Payload:
+    """Unpickling this creates `marker` (the stand-in for an attacker's code)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def planted_pickle(marker: Path) -> bytes:
+    """A pickle whose loading would run code: it creates the file `marker`."""
+    import pickle
+
+    return pickle.dumps({"boxes": _Payload(str(marker))})

@@ -7,6 +7,8 @@ import io
 import pickle
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from torchvision import transforms
@@ -50,10 +52,10 @@ def test_shards_are_contiguous_disjoint_and_cover_every_image_once(folder, count
     assert [listing.shard(count, i, align=align).ids() for i in range(count)] == [s.ids() for s in shards]
 
 
-def test_saved_listing_round_trips_and_pickled_shards_stay_small(folder, tmp_path):
+def test_listing_round_trips_through_parquet_and_pickled_shards_stay_small(folder, tmp_path):
     listing = list_images(str(folder))
-    listing.save(str(tmp_path / "listing.parquet"))
-    loaded = Listing.load(str(tmp_path / "listing.parquet"))
+    pq.write_table(listing.to_table(), tmp_path / "listing.parquet")
+    loaded = Listing.from_table(pq.read_table(tmp_path / "listing.parquet"), "listing.parquet")
     assert loaded.ids() == listing.ids() and loaded.fingerprint == listing.fingerprint
     assert loaded.keys.tolist() == listing.keys.tolist() and loaded.root == listing.root
     shard = loaded.shard(3, 2)
@@ -72,9 +74,14 @@ def test_listing_errors_name_the_culprit(tmp_path, folder):
         list_images(str(folder)).shard(3, 3)
     with pytest.raises(DatasetError, match="shard count"):
         list_images(str(folder)).shard(0, 0)
-    with pytest.raises(DatasetError, match="not a Loupe listing"):
+    with pytest.raises(DatasetError, match="t.parquet is a table but not a Loupe listing"):
         write_parquet(tmp_path / "t.parquet", {"a": b"x"})
-        Listing.load(str(tmp_path / "t.parquet"))
+        Listing.from_table(pq.read_table(tmp_path / "t.parquet"), "t.parquet")
+    table = list_images(str(folder)).to_table()
+    with pytest.raises(DatasetError, match="saved.parquet: column 'path' has type int64"):
+        Listing.from_table(table.set_column(2, "path", pa.array(range(table.num_rows))), "saved.parquet")
+    with pytest.raises(DatasetError, match="saved.parquet has no 'key' column"):
+        Listing.from_table(table.drop_columns(["key"]), "saved.parquet")
 
 
 def test_parquet_listing_uses_the_id_column_or_file_and_row(tmp_path):

@@ -3,8 +3,8 @@ merging shard results in any order equals the single pass, bit for bit."""
 
 from __future__ import annotations
 
+import io
 import itertools
-import pickle
 
 import numpy as np
 import pytest
@@ -12,7 +12,10 @@ import torch
 
 from loupe.pipeline.data import LoaderOptions, iter_batches, list_images
 from loupe.pipeline.models import capture
-from loupe.pipeline.scan import MergeError, ScanOptions, Scanner, merge_results, scan_dataset
+from loupe.pipeline.scan import (
+    Examples, ExactSum, LayerResult, MergeError, QuantileSketch, ScanOptions, ScanResult, Scanner, StateError, TopK,
+    merge_results, scan_dataset,
+)
 
 from .helpers import LAYERS, png_bytes, random_images, tiny_model, write_folder
 
@@ -128,6 +131,57 @@ def test_merging_shards_in_any_order_equals_the_single_pass(scanner, model, data
     assert d.merge(a.merge(c)).merge(b).equals(single_pass)
 
 
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) and a[n].dtype == b[n].dtype for n in a)
+
+
+def test_each_statistic_merged_from_its_plain_state_equals_the_direct_merge(scanner, model, dataset, single_pass):
+    first, second = (scan_dataset(model, s, scanner, loader=LoaderOptions(batch_size=BATCH, workers=0))
+                     for s in dataset.shards(2, align=BATCH))
+
+    def via_state(cls, a, b):
+        return cls.from_state(_from_npz(_npz(a.state()))).merge(cls.from_state(_from_npz(_npz(b.state()))))
+
+    for name in LAYERS:
+        a, b = first.layers[name], second.layers[name]
+        for part in ("top", "bottom"):
+            assert via_state(Examples, getattr(a, part), getattr(b, part)).equals(getattr(a, part).merge(getattr(b, part)))
+        for cls, field in ((ExactSum, "sums"), (QuantileSketch, "sketch")):
+            direct = getattr(a, field).merge(getattr(b, field))
+            assert _same_state(via_state(cls, getattr(a, field), getattr(b, field)).state(), direct.state()), (name, field)
+            assert _same_state(direct.state(), getattr(single_pass.layers[name], field).state()), (name, field)
+        assert via_state(LayerResult, a, b).equals(a.merge(b))
+        assert a.merge(b).equals(single_pass.layers[name])
+    assert via_state(ScanResult, second, first).equals(single_pass)
+    broken = first.state()
+    del broken["layer1.top.keys"]
+    with pytest.raises(StateError, match="no array 'keys'"):
+        ScanResult.from_state(broken)
+    broken = {**first.state(), "layer0.sums.limbs": first.state()["layer0.sums.limbs"].astype(np.float64)}
+    with pytest.raises(StateError, match="'limbs' must hold int values"):
+        ScanResult.from_state(broken)
+
+
+def test_topk_added_in_parts_and_merged_from_plain_state_equals_one_topk():
+    rng = np.random.default_rng(3)
+    units, images, k = 5, 40, 4
+    values = rng.permutation(units * images * 4)[: units * images].reshape(units, images).astype(np.int64)
+    image = torch.arange(images, dtype=torch.int64)
+    where = torch.from_numpy(rng.integers(0, 9, (units, images)))
+    keys = torch.from_numpy(values)
+    whole = TopK.empty(units, k)
+    whole.add(keys, image, where)
+    first, second = TopK.empty(units, k), TopK.empty(units, k)
+    first.add(keys[:, :25], image[:25], where[:, :25])
+    second.add(keys[:, 25:], image[25:], where[:, 25:])
+    via = TopK.from_state(_from_npz(_npz(second.state()))).merge(TopK.from_state(_from_npz(_npz(first.state()))))
+    assert _same_state(via.state(), first.merge(second).state())
+    assert _same_state(via.state(), whole.state())
+    best = np.argsort(-values, axis=1)[:, :k]
+    assert np.array_equal(via.state()["keys"], np.take_along_axis(values, best, axis=1))
+    assert np.array_equal(via.state()["image"], best)
+
+
 def test_shards_not_aligned_to_batches_still_merge_exactly(scanner, model, dataset, single_pass):
     """Short batches are padded to the batch shape, so activations never depend on shard boundaries."""
     shards = [dataset.slice(0, 45), dataset.slice(45, 46), dataset.slice(46, 200), dataset.slice(200, len(dataset))]
@@ -135,10 +189,23 @@ def test_shards_not_aligned_to_batches_still_merge_exactly(scanner, model, datas
     assert merge_results(reversed(results)).equals(single_pass)
 
 
-def test_results_are_compact_picklable_and_guard_against_double_merges(scanner, model, dataset, single_pass):
-    blob = pickle.dumps(single_pass)
-    assert pickle.loads(blob).equals(single_pass)
-    assert len(blob) < 40_000
+def _npz(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **state)
+    return buffer.getvalue()
+
+
+def _from_npz(blob: bytes) -> dict:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def test_results_are_compact_plain_arrays_and_guard_against_double_merges(scanner, model, dataset, single_pass):
+    state = single_pass.state()
+    assert all(value.dtype.kind in "biufU" for value in state.values()), "no object arrays: nothing to unpickle"
+    blob = _npz(state)
+    assert ScanResult.from_state(_from_npz(blob)).equals(single_pass)
+    assert len(blob) < 80_000
     first = scan_dataset(model, dataset.shard(2, 0, align=BATCH), scanner,
                          loader=LoaderOptions(batch_size=BATCH, workers=0))
     with pytest.raises(MergeError, match="overlap"):

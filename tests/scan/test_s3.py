@@ -8,6 +8,7 @@ import s3fs
 
 from loupe.pipeline.data import DatasetError, Listing, LoaderOptions, list_images
 from loupe.pipeline.scan import ScanOptions, Scanner, scan_dataset
+from loupe.storage.build_state import BuildState
 
 from .helpers import LAYERS, corrupt_files, png_bytes, random_images, tiny_model, write_folder, write_parquet
 
@@ -39,8 +40,9 @@ def test_s3_prefix_scans_like_the_local_folder(tmp_path, files, s3_options, s3_b
     assert remote_listing.root == f"s3://{s3_bucket}/datasets/photos/val"
     assert remote_listing.ids() == local_listing.ids()
 
-    remote_listing.save(f"s3://{s3_bucket}/plans/listing.parquet", storage_options=s3_options)
-    shard = Listing.load(f"s3://{s3_bucket}/plans/listing.parquet", storage_options=s3_options)
+    state = BuildState.open(f"s3://{s3_bucket}/atlas", s3_options)
+    state.put_listing(remote_listing.fingerprint, remote_listing.to_table())
+    shard = Listing.from_table(state.get_listing(remote_listing.fingerprint), "saved listing")
     remote = scan_dataset(model, shard, scanner, loader=LoaderOptions(batch_size=8, workers=2),
                           storage_options=s3_options)
     here = scan_dataset(model, local_listing, scanner, loader=loader)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from tests.storage.atlas_samples import write_small
-from loupe.storage import AtlasWriter, PublishConflictError, list_versions, open_atlas, prune, publish
+from loupe.storage import AtlasWriter, PublishConflictError, StorageError, list_versions, open_atlas, prune
+from loupe.storage.objects import ObjectStore
 
 
 def _publish_one(target, seed=0) -> AtlasWriter:
@@ -71,28 +72,25 @@ def test_concurrent_publish_is_won_by_exactly_one(target):
 
 
 def test_pointer_compare_and_swap_rejects_a_stale_expectation(target, monkeypatch):
-    """The store's conditional write itself (If-Match on S3, flock+rename locally) decides."""
+    """The store's conditional write itself (If-Match on S3, the tag compared under flock locally)
+    decides: another build publishes between our read of the pointer and our write."""
     first = _publish_one(target)
     slow = AtlasWriter.create(target.url, storage_options=target.options)
     write_small(slow, seed=3)
-    checked = publish._check_expected
+    original = ObjectStore.put_conditional
     interloper = {}
 
-    def check_then_lose_the_race(store, current, expected, new_pointer):
-        checked(store, current, expected, new_pointer)  # passes: the pointer still names `first`
-        if not interloper and store.location.is_s3:
-            # Another build publishes between our read and our conditional write.
-            monkeypatch.setattr(publish, "_check_expected", checked)
+    def lose_the_race(store, rel, data, *, expected_tag):
+        if rel == "atlas.json" and not interloper and slow.version.encode() in data:
             interloper["v"] = _publish_one(target, seed=4).version
+        return original(store, rel, data, expected_tag=expected_tag)
 
-    monkeypatch.setattr(publish, "_check_expected", check_then_lose_the_race)
-    if target.kind == "local":
-        other = _publish_one(target, seed=4)  # moves the pointer before `slow` publishes
-        interloper["v"] = other.version
-    with pytest.raises(PublishConflictError, match=f"another build published {interloper.get('v', '')}"):
+    monkeypatch.setattr(ObjectStore, "put_conditional", lose_the_race)
+    with pytest.raises(PublishConflictError, match="another build published"):
         slow.publish()
     assert slow.base_version == first.version
     assert open_atlas(target.url, storage_options=target.options).version == interloper["v"]
+    assert interloper["v"] in str(pytest.raises(PublishConflictError, slow.publish).value)
 
 
 def _child_env(target) -> dict:
@@ -144,3 +142,27 @@ def test_prune_keeps_the_newest_n_and_only_when_asked(target):
     assert open_atlas(target.url, storage_options=target.options).version == versions[2]
     with pytest.raises(Exception, match="positive integer"):
         prune(target.url, keep=0, storage_options=target.options)
+
+
+def test_local_pointer_swap_leaves_no_temporary_files(tmp_path, monkeypatch):
+    """A failed rename removes its temporary file; litter from killed publishers goes at the next publish."""
+    url = str(tmp_path / "atlas")
+    first = AtlasWriter.create(url)
+    write_small(first)
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith("atlas.json"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(StorageError, match="atlas.json: OSError: disk full"):
+        first.publish()
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not list((tmp_path / "atlas").glob("*.tmp")) and not list((tmp_path / "atlas").glob(".*.tmp"))
+    (tmp_path / "atlas" / ".atlas.json.killed.tmp").write_bytes(b"{")
+    (tmp_path / "atlas" / "atlas.json.123.abcd.tmp").write_bytes(b"{")
+    first.publish()
+    assert open_atlas(url).version == first.version
+    assert sorted(p.name for p in (tmp_path / "atlas").iterdir()) == [".atlas.lock", "atlas.json", "versions"]

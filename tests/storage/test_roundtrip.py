@@ -104,6 +104,7 @@ def test_completion_records_tell_done_from_not_done(target):
     with pytest.raises(StorageError, match="not complete.*render-net-conv1-channel-4-s0"):
         writer.publish(expected_items=built.keys)
     item.commit()
+    writer.release()  # the first writer's build ended; the resumed writer takes the lease to publish
     resumed = AtlasWriter.resume(target.url, writer.version, storage_options=target.options)
     assert resumed.completed_items() == set(built.keys)
     resumed.publish(expected_items=built.keys)
