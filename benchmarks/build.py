@@ -28,7 +28,7 @@ def config(url: str, units: int, steps: int, actors: int) -> dict:
         "atlas": {"url": url},
         "models": [{"id": "r20", "source": "loupe.pipeline.models.cifar_resnet:resnet20", "weights": "none",
                     "layers": ["layer2", "layer3"], "units": f"0-{units - 1}"}],
-        "render": {"channel": {"size": 32, "steps": steps, "batch_size": 4}},
+        "render": {"channel": {"size": 32, "steps": steps, "units_per_item": 4}},
         "resources": {"cpus_per_actor": 1, "max_actors": actors, "max_in_flight_per_actor": 2},
     }
 

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = {"baseline": (len(units), lambda: [baseline_render(lm, baseline_module, layer, u, args.steps, args.size) for u in units])}
         for batch in batch_sizes:
             n = max(batch, args.units)
-            runs[f"loupe batch {batch}"] = (n, lambda n=n, batch=batch: render_units(lm, layer, range(n), settings=settings, batch_size=batch))
+            runs[f"loupe batch {batch}"] = (n, lambda n=n, batch=batch: render_units(lm, layer, range(n), settings=settings, images_per_step=batch))
         best = {label: float("inf") for label in runs}
         for _ in range(args.repeats):  # interleaved, so a noisy spell hits every configuration alike
             for label, (_, fn) in runs.items():

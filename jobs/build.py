@@ -34,6 +34,17 @@ LEASE_TTL_S = DEFAULT_TTL_S
 CODE_VERSION = json.dumps(CODE_VERSIONS, sort_keys=True)
 
 
+@dataclass(frozen=True)
+class Execution:
+    """How a build runs its items; nothing here changes an output, so none of it is keyed."""
+
+    executor: str = "ray"  # "ray", or "local": every item in this process
+    address: str | None = None  # Ray cluster address (default: RAY_ADDRESS, else a local Ray)
+    progress: bool | None = None
+    threads: int | None = None  # torch threads of the in-process runner (scans; renders pin their own)
+    log: Callable[[str], None] = print
+
+
 @dataclass
 class BuildPlan:
     config: BuildConfig
@@ -80,55 +91,73 @@ def run_build(
 ) -> BuildSummary:
     """Build and publish the atlas `config` describes; returns what happened."""
     started = time.perf_counter()
-    summary = BuildSummary()
+    run = Execution(executor, address, progress, threads, log)
     plan = make_plan(config, device=device)
-    url, options = config.atlas.url, config.atlas.storage_options
     wanted = plan.all_keys()
-    summary.planned = len(wanted)
-    for model in plan.models:
-        if model.config.weights.strip().lower() == "none":
-            summary.notes.append(
-                f"model {model.id} uses RANDOM weights (weights: none): its pictures show an untrained network"
-            )
-
-    state = read_state(url, options)
+    summary = BuildSummary(planned=len(wanted))
+    summary.notes += [f"model {m.id} uses RANDOM weights (weights: none): its pictures show an untrained network"
+                      for m in plan.models if m.config.weights.strip().lower() == "none"]
+    state = read_state(config.atlas.url, config.atlas.storage_options)
     if _unchanged(state, wanted):
         summary.version, summary.unchanged, summary.reused = state.current, True, len(wanted)
-        summary.seconds = time.perf_counter() - started
         log(f"nothing changed: version {state.current} already holds all {len(wanted)} items with this code version "
             "(decided on item keys and code version; settings that change no output, such as resources, are not "
             "compared, so the version's recorded config may differ from this one in those)")
-        return summary
-
-    fingerprint = config_fingerprint(config)
-    writer = _open_writer(plan, state, fingerprint, wanted)
-    try:
-        writer.lease.start_heartbeat()
-        summary.version = writer.version
-        if writer.is_sealed():
-            summary.already_done = len(wanted)
-            log(f"publishing version {writer.version}: an earlier build sealed it but stopped before the pointer swap")
-        else:
-            _run_items(plan, state, writer, summary, executor, address, progress, log, threads)
-        summary.seconds = time.perf_counter() - started
-        if summary.failed:
-            summary.notes.append("rerun the same command to retry the failed items; finished items are kept")
-            return summary
+    else:
+        writer = _open_writer(plan, state, config_fingerprint(config), wanted)
         try:
-            writer.publish(expected_items=wanted)
-            summary.published = True
-        except PublishConflictError as exc:
-            summary.notes.append(str(exc))
-    finally:
-        writer.release()
+            writer.lease.start_heartbeat()
+            _build_draft(plan, state, writer, summary, run)
+        finally:
+            writer.release()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _run_items(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary: BuildSummary, executor: str,
-               address: str | None, progress: bool | None, log: Callable[[str], None], threads: int | None) -> None:
+def _build_draft(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary: BuildSummary,
+                 run: Execution) -> None:
+    """Finish the draft this build owns and publish it, unless an item failed."""
+    summary.version = writer.version
+    if writer.is_sealed():
+        summary.already_done = summary.planned
+        run.log(f"publishing version {writer.version}: an earlier build sealed it but stopped before the pointer swap")
+    else:
+        _run_items(plan, state, writer, summary, run)
+    if summary.failed:
+        summary.notes.append("rerun the same command to retry the failed items; finished items are kept")
+        return
+    try:
+        writer.publish(expected_items=plan.all_keys())
+        summary.published = True
+    except PublishConflictError as exc:
+        summary.notes.append(str(exc))
+
+
+def _run_items(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary: BuildSummary, run: Execution) -> None:
     """Reuse what exists, then execute the rest; Ray starts only if some item is left to run."""
-    config, wanted = plan.config, plan.all_keys()
+    done = _reuse(plan, state, writer, summary)
+    if run.executor == "ray" and plan.all_keys() - done:
+        run.log(f"executing on {execute.connect_ray(run.address)}")
+    for model in plan.models:
+        model_items = plan.items[model.id]
+        work = [i for i in model_items if i.key not in done and i.stage != "reduce"]
+        reduce = [i for i in model_items if i.stage == "reduce" and i.key not in done]
+        failed: dict[str, str] = {}
+        if work:
+            failed = _execute(work, model, plan, writer, summary, run, model.id).failed
+        scans_failed = any(i.stage == "scan" and i.key in failed for i in work)
+        if reduce and not scans_failed:  # a reduce reads every scan shard's partial
+            failed.update(_execute(reduce, model, plan, writer, summary, run, f"{model.id} reduce").failed)
+        # A draft deleted or taken over while items ran explains any failure better than the failures do.
+        writer.lease.renew()
+        summary.failed += sorted(failed)
+        for key, reason in sorted(failed.items()):
+            run.log(f"item {key} failed: {reason}")
+
+
+def _reuse(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary: BuildSummary) -> set[str]:
+    """Keys already done in the draft or copied from earlier versions; the rest must be computed."""
+    wanted = plan.all_keys()
     _declare_arrays(writer, plan)  # before reuse: an item is reused only into arrays of the same layout
     done = writer.completed_items() & wanted
     summary.already_done = len(done)
@@ -139,29 +168,13 @@ def _run_items(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary:
         reused = writer.reuse_items(missing, source=source)
         summary.reused += len(reused)
         done |= reused
-
-    if executor == "ray" and wanted - done:
-        log(f"executing on {execute.connect_ray(address)}")
-    for model in plan.models:
-        model_items = plan.items[model.id]
-        work = [i for i in model_items if i.key not in done and i.stage != "reduce"]
-        reduce = [i for i in model_items if i.stage == "reduce" and i.key not in done]
-        failed: dict[str, str] = {}
-        if work:
-            failed = _execute(work, model, plan, writer, config, executor, progress, model.id, summary, threads).failed
-        scans_failed = any(i.stage == "scan" and i.key in failed for i in work)
-        if reduce and not scans_failed:  # a reduce reads every scan shard's partial
-            failed.update(_execute(reduce, model, plan, writer, config, executor, progress, f"{model.id} reduce",
-                                   summary, threads).failed)
-        # A draft deleted or taken over while items ran explains any failure better than the failures do.
-        writer.lease.renew()
-        summary.failed += sorted(failed)
-        for key, reason in sorted(failed.items()):
-            log(f"item {key} failed: {reason}")
+    return done
 
 
-def _execute(items, model, plan, writer, config, executor, progress, desc, summary, threads) -> execute.Outcome:
-    runner_args = {
+def _runner_args(plan: BuildPlan, model: ResolvedModel, writer: AtlasWriter, items: list[WorkItem]) -> dict[str, Any]:
+    """Small, JSON-able constructor arguments, so Ray can restart an actor from them alone."""
+    config = plan.config
+    args = {
         "model_config": model.config.model_dump(mode="json"),
         "atlas_url": config.atlas.url,
         "version": writer.version,
@@ -170,28 +183,39 @@ def _execute(items, model, plan, writer, config, executor, progress, desc, summa
     }
     if any(item.stage == "scan" for item in items):
         # Crop boxes depend only on the architecture: probe once here and share them through
-        # storage (small constructor arguments keep Ray actors restartable), not once per actor.
-        runner_args["scan_context"]["receptive_fields"] = scan_items.save_receptive_fields(writer, model)
-    bar = Progress(len(items), sum(i.cost for i in items), desc, enabled=progress)
+        # storage, not once per actor.
+        args["scan_context"]["receptive_fields"] = scan_items.save_receptive_fields(writer, model)
+    return args
+
+
+def _execute(items: list[WorkItem], model: ResolvedModel, plan: BuildPlan, writer: AtlasWriter,
+             summary: BuildSummary, run: Execution, desc: str) -> execute.Outcome:
+    runner_args = _runner_args(plan, model, writer, items)
+    bar = Progress(len(items), sum(i.cost for i in items), desc, enabled=run.progress)
 
     def finished(item: WorkItem, result: dict[str, Any]) -> None:
-        if result.get("status") == "done":
-            summary.done += 1
-        else:
-            summary.already_done += 1
-        if item.stage == "render":
-            summary.units_rendered += item.cost
-        elif item.stage == "scan":
-            summary.images_scanned += int(result.get("images", 0))
-            summary.skipped_images += int(result.get("skipped", 0))
+        _count(summary, item, result)
         bar.advance(item.cost)
 
+    resources = plan.config.resources
     try:
-        if executor == "ray":
-            return execute.run_on_ray(items, runner_args, finished, config.resources)
-        return execute.run_in_process(items, {**runner_args, "threads": threads}, finished, config.resources.max_retries)
+        if run.executor == "ray":
+            return execute.run_on_ray(items, runner_args, finished, resources)
+        return execute.run_in_process(items, {**runner_args, "threads": run.threads}, finished, resources.max_retries)
     finally:
         bar.close()
+
+
+def _count(summary: BuildSummary, item: WorkItem, result: dict[str, Any]) -> None:
+    if result.get("status") == "done":
+        summary.done += 1
+    else:
+        summary.already_done += 1
+    if item.stage == "render":
+        summary.units_rendered += item.cost
+    elif item.stage == "scan":
+        summary.images_scanned += int(result.get("images", 0))
+        summary.skipped_images += int(result.get("skipped", 0))
 
 
 def _unchanged(state: AtlasState, wanted: set[str]) -> bool:
@@ -235,8 +259,8 @@ def _declare_arrays(writer: AtlasWriter, plan: BuildPlan) -> None:
             for kind, settings in layer.render.items():
                 writer.declare_renders(
                     model.id, layer.info.name, kind, n_units=layer.info.channels, height=settings.size,
-                    width=settings.size, units_per_shard=settings.batch_size,
-                    samples=settings.images if kind == "diversity" else None,
+                    width=settings.size, units_per_shard=settings.units_per_item,
+                    samples=settings.images_per_unit if kind == "diversity" else None,
                 )
         if plan.listing is not None:
             scan_items.declare_scan_arrays(writer, model, plan.config.scan, plan.listing)

@@ -62,15 +62,16 @@ class RenderKindConfig(_Strict):
     size: int = Field(default=128, ge=16, le=1024)
     steps: int = Field(default=512, ge=1, le=100_000)
     seed: int = 0
-    batch_size: int = Field(default=32, ge=1, le=4096, description="units optimized together in one item")
-    images: int = Field(default=1, ge=1, le=64, description="images per unit (diversity kind only)")
+    units_per_item: int = Field(default=32, ge=1, le=4096,
+                                description="units rendered together in one work item (one storage shard)")
+    images_per_unit: int = Field(default=1, ge=1, le=64, description="images per unit (diversity kind only)")
 
 
 class RenderConfig(_Strict):
     channel: RenderKindConfig = RenderKindConfig()
     neuron: RenderKindConfig = RenderKindConfig(enabled=False)
     negative: RenderKindConfig = RenderKindConfig(enabled=False)
-    diversity: RenderKindConfig = RenderKindConfig(enabled=False, images=4, batch_size=8)
+    diversity: RenderKindConfig = RenderKindConfig(enabled=False, images_per_unit=4, units_per_item=8)
 
     def enabled_kinds(self) -> dict[str, RenderKindConfig]:
         return {kind: getattr(self, kind) for kind in RENDER_KINDS if getattr(self, kind).enabled}
@@ -140,7 +141,7 @@ class ScanConfig(_Strict):
     dataset: DatasetConfig
     k: int = Field(default=16, ge=1, le=1024)
     shards: int = Field(default=4, ge=1, le=100_000)
-    batch_size: int = Field(default=64, ge=1, le=8192)
+    images_per_batch: int = Field(default=64, ge=1, le=8192, description="images per forward pass")
     image_size: int | None = Field(default=None, ge=8, description="default: the model's input size")
     decode_workers: int = Field(default=2, ge=0, le=64)
     pooled_activations: bool = True

@@ -84,6 +84,18 @@ def run_on_ray(items: Sequence[WorkItem], runner_args: dict[str, Any], on_finish
     if not items:
         return Outcome({}, {})
     shape = actor_shape(resources, ray.cluster_resources(), len(items))
+    actors = _start_actors(shape, runner_args, resources)
+    try:
+        return _ActorFeeder(actors, items, resources).run(on_finished)
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+
+
+def _start_actors(shape: ActorShape, runner_args: dict[str, Any], resources: ResourcesConfig) -> list[Any]:
+    """Warm ItemRunner actors that Ray restarts if they die (their items are then retried)."""
+    import ray
+
     remote_runner = ray.remote(ItemRunner).options(
         num_gpus=shape.num_gpus,
         num_cpus=shape.num_cpus,
@@ -91,48 +103,58 @@ def run_on_ray(items: Sequence[WorkItem], runner_args: dict[str, Any], on_finish
         max_task_retries=resources.max_retries,
     )
     threads = max(1, int(shape.num_cpus)) if shape.num_gpus == 0 else None
-    actors = [remote_runner.remote(**runner_args, threads=threads) for _ in range(shape.count)]
-    pending = list(reversed(items))
-    attempts: dict[str, int] = {}
-    in_flight: dict[Any, tuple[WorkItem, Any]] = {}
-    load = {i: 0 for i in range(len(actors))}
-    results, failed = {}, {}
+    return [remote_runner.remote(**runner_args, threads=threads) for _ in range(shape.count)]
 
-    def submit(index: int) -> None:
-        item = pending.pop()
-        ref = actors[index].run.remote(item)
-        in_flight[ref] = (item, index)
-        load[index] += 1
 
-    try:
-        for index in range(len(actors)):
-            for _ in range(resources.max_in_flight_per_actor):
-                if pending:
-                    submit(index)
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            item, index = in_flight.pop(ready[0])
-            load[index] -= 1
+class _ActorFeeder:
+    """Keeps every actor busy with a bounded number of items and retries items that fail."""
+
+    def __init__(self, actors: list[Any], items: Sequence[WorkItem], resources: ResourcesConfig) -> None:
+        self.actors = actors
+        self.pending = list(reversed(items))
+        self.limit = resources.max_in_flight_per_actor
+        self.max_retries = resources.max_retries
+        self.attempts: dict[str, int] = {}
+        self.in_flight: dict[Any, tuple[WorkItem, int]] = {}
+        self.load = [0] * len(actors)
+
+    def _submit(self, index: int) -> None:
+        item = self.pending.pop()
+        self.in_flight[self.actors[index].run.remote(item)] = (item, index)
+        self.load[index] += 1
+
+    def _fill(self) -> None:
+        for index in range(len(self.actors)):
+            while self.pending and self.load[index] < self.limit:
+                self._submit(index)
+
+    def run(self, on_finished: Finished) -> Outcome:
+        import ray
+
+        results, failed = {}, {}
+        self._fill()
+        while self.in_flight:
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1)
+            item, index = self.in_flight.pop(ready[0])
+            self.load[index] -= 1
             try:
                 result = ray.get(ready[0])
             except Exception as exc:  # actor died beyond its retries, or the item raised
-                attempts[item.key] = attempts.get(item.key, 0) + 1
-                if attempts[item.key] <= resources.max_retries:
-                    pending.append(item)
+                self.attempts[item.key] = self.attempts.get(item.key, 0) + 1
+                if self.attempts[item.key] <= self.max_retries:
+                    self.pending.append(item)
                 else:
-                    failed[item.key] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+                    failed[item.key] = f"{type(exc).__name__}: {_last_line(exc)}"
             else:
                 results[item.key] = result
                 on_finished(item, result)
-            while pending and load[index] < resources.max_in_flight_per_actor:
-                submit(index)
-            for other in range(len(actors)):
-                while pending and load[other] < resources.max_in_flight_per_actor:
-                    submit(other)
-    finally:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
-    return Outcome(results, failed)
+            self._fill()
+        return Outcome(results, failed)
+
+
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else ""
 
 
 def connect_ray(address: str | None, num_cpus: int | None = None) -> str:

@@ -9,32 +9,121 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 from loupe.jobs.resolve import ResolvedModel
 
 #: Bump when a stage's algorithm changes its output for the same inputs; invalidates that stage only.
-CODE_VERSIONS = {"render": "render-1", "scan": "scan-2", "reduce": "reduce-1"}
+CODE_VERSIONS = {"render": "render-2", "scan": "scan-2", "reduce": "reduce-2"}
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """Render `units` of one layer and kind; every field changes the pictures, so all are keyed."""
+
+    layer: str
+    kind: str
+    units: tuple[int, ...]
+    units_per_item: int  # the storage shard size the units were grouped by
+    size: int
+    steps: int
+    seed: int
+    images_per_unit: int = 1  # > 1 only for the diversity kind
+
+    stage: ClassVar[str] = "render"
+
+    def key_fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"{self.layer}/{self.kind} units {self.units[0]}..{self.units[-1]}"
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """Scan images [start, stop) of the saved listing through every scanned layer of one model."""
+
+    layers: tuple[str, ...]
+    k: int
+    listing: str  # the listing's fingerprint
+    chunk_images: int
+    pooled: bool
+    shard_index: int
+    shard_count: int
+    start: int
+    stop: int
+    images_per_batch: int  # how the work is done, not what it produces: not keyed
+    decode_workers: int  # likewise
+
+    stage: ClassVar[str] = "scan"
+
+    def key_fields(self) -> dict[str, Any]:
+        fields = asdict(self)
+        del fields["images_per_batch"], fields["decode_workers"]
+        return fields
+
+    def describe(self) -> str:
+        return f"shard {self.shard_index + 1}/{self.shard_count}"
+
+
+@dataclass(frozen=True)
+class ReduceSpec:
+    """Merge the scan shards' partials of one model into its units and examples tables."""
+
+    layers: tuple[str, ...]
+    scan_items: tuple[str, ...]
+    listing: str
+    write_images: bool  # exactly one model's reduce writes the dataset's images table
+
+    stage: ClassVar[str] = "reduce"
+
+    def key_fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"reduce of {len(self.scan_items)} shard(s)"
+
+
+Spec = RenderSpec | ScanSpec | ReduceSpec
+_SPECS: dict[str, type] = {spec.stage: spec for spec in (RenderSpec, ScanSpec, ReduceSpec)}
 
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One unit of distributed work; `spec` holds only JSON-able values so it travels anywhere."""
+    """One unit of distributed work: small, typed and JSON-serialisable, so it travels anywhere."""
 
     key: str
-    stage: str  # "render", "scan" or "reduce"
     model_id: str
-    spec: dict[str, Any] = field(hash=False)
+    spec: Spec = field(hash=False)
     cost: int = 1  # units rendered or images scanned, for progress and throughput
 
+    @property
+    def stage(self) -> str:
+        return self.spec.stage
+
     def describe(self) -> str:
-        s = self.spec
-        if self.stage == "render":
-            return f"render {self.model_id}/{s['layer']}/{s['kind']} units {s['units'][0]}..{s['units'][-1]}"
-        if self.stage == "scan":
-            return f"scan {self.model_id} shard {s['shard_index'] + 1}/{s['shard_count']}"
-        return f"reduce {self.model_id}"
+        return f"{self.stage} {self.model_id} {self.spec.describe()}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "model_id": self.model_id, "stage": self.stage, "cost": self.cost,
+                "spec": asdict(self.spec)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "WorkItem":
+        spec_type = _SPECS[data["stage"]]
+        raw = {k: tuple(v) if isinstance(v, list) else v for k, v in data["spec"].items()}
+        return cls(data["key"], data["model_id"], spec_type(**raw), int(data["cost"]))
+
+
+def item_meta(item: WorkItem, **extra: Any) -> dict[str, Any]:
+    """What a completion record says about the item that wrote it (for people and audits)."""
+    return {"stage": item.stage, **asdict(item.spec), **extra}
+
+
+def make_item(model_id: str, identity: dict[str, Any], spec: Spec, cost: int) -> WorkItem:
+    """A work item keyed by everything that determines its output."""
+    return WorkItem(content_key(spec.stage, {**identity, **spec.key_fields()}), model_id, spec, cost)
 
 
 def content_key(stage: str, payload: dict[str, Any]) -> str:
@@ -65,17 +154,11 @@ def plan_renders(model: ResolvedModel) -> list[WorkItem]:
     items = []
     for layer in model.layers:
         for kind, settings in layer.render.items():
-            for block in unit_blocks(layer.units, settings.batch_size):
-                spec = {
-                    "layer": layer.info.name,
-                    "kind": kind,
-                    "units": block,
-                    "block_size": settings.batch_size,
-                    "size": settings.size,
-                    "steps": settings.steps,
-                    "seed": settings.seed,
-                    "images": settings.images if kind == "diversity" else 1,
-                }
-                key = content_key("render", {**identity, **spec})
-                items.append(WorkItem(key, "render", model.id, spec, cost=len(block)))
+            for block in unit_blocks(layer.units, settings.units_per_item):
+                spec = RenderSpec(
+                    layer=layer.info.name, kind=kind, units=tuple(block), units_per_item=settings.units_per_item,
+                    size=settings.size, steps=settings.steps, seed=settings.seed,
+                    images_per_unit=settings.images_per_unit if kind == "diversity" else 1,
+                )
+                items.append(make_item(model.id, identity, spec, cost=len(block)))
     return items

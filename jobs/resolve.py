@@ -120,8 +120,8 @@ def _resolve_layer(config: BuildConfig, model: LoadedModel, layer: LayerConfig, 
         if kind not in kinds and override.get("enabled"):
             kinds[kind] = _merged(getattr(config.render, kind), override, f"{path}.render.{kind}")
     kinds = {k: v for k, v in kinds.items() if v.enabled}
-    if "diversity" in kinds and kinds["diversity"].images < 2:
-        raise ConfigError(f"{path}.render.diversity.images: a diversity set needs at least 2 images per unit")
+    if "diversity" in kinds and kinds["diversity"].images_per_unit < 2:
+        raise ConfigError(f"{path}.render.diversity.images_per_unit: a diversity set needs at least 2 images per unit")
     if any(k in ("neuron",) for k in kinds) and info.layout not in ("NCHW", "NLC"):
         kinds.pop("neuron")
     return ResolvedLayer(info, units, kinds)

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from loupe.jobs.config import ModelConfig
-from loupe.jobs.plan import WorkItem
+from loupe.jobs.plan import RenderSpec, WorkItem, item_meta
 from loupe.jobs.resolve import build_model
 from loupe.storage import AtlasWriter
 
@@ -64,16 +64,15 @@ class ItemRunner:
         consecutive: each object is encoded once from all of them, so none is overwritten)."""
         from loupe.pipeline.featurevis import RenderSettings, render_units
 
-        spec = item.spec
-        kind, units = spec["kind"], spec["units"]
-        per_unit = spec["images"] if kind == "diversity" else 1
-        settings = RenderSettings(size=spec["size"], steps=spec["steps"], images_per_unit=per_unit)
-        renders = render_units(self.model, spec["layer"], units, kind, settings,
-                               seed=spec["seed"], batch_size=len(units) * per_unit)
+        spec: RenderSpec = item.spec
+        per_unit = spec.images_per_unit
+        settings = RenderSettings(size=spec.size, steps=spec.steps, images_per_unit=per_unit)
+        renders = render_units(self.model, spec.layer, spec.units, spec.kind, settings,
+                               seed=spec.seed, images_per_step=len(spec.units) * per_unit)
         images, objective = renders.images, renders.activations
-        if kind == "diversity":
-            images = images.reshape(len(units), per_unit, *images.shape[1:])
-            objective = objective.reshape(len(units), per_unit)
-        with self.writer.item(item.key, {"stage": "render", **spec}) as out:
-            out.write_renders(self.config.id, spec["layer"], kind, units, images, objective)
+        if spec.kind == "diversity":
+            images = images.reshape(len(spec.units), per_unit, *images.shape[1:])
+            objective = objective.reshape(len(spec.units), per_unit)
+        with self.writer.item(item.key, item_meta(item)) as out:
+            out.write_renders(self.config.id, spec.layer, spec.kind, list(spec.units), images, objective)
         return {}

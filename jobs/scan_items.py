@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from loupe.jobs.config import ScanConfig
-from loupe.jobs.plan import WorkItem, content_key, model_identity
+from loupe.jobs.plan import ReduceSpec, ScanSpec, WorkItem, item_meta, make_item, model_identity
 from loupe.jobs.resolve import ResolvedModel
 from loupe.pipeline.data import Listing, LoaderOptions, list_images
 from loupe.pipeline.errors import LoupeError
@@ -97,19 +97,18 @@ def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write
     """
     per_chunk, ranges = plan_image_chunks(len(listing), min(scan.shards, len(listing)))
     identity = model_identity(model)
-    layers = scanned_layers(model)
-    common = {"layers": layers, "k": scan.k, "listing": listing.fingerprint, "chunk_images": per_chunk,
-              "pooled": scan.pooled_activations}
-    items = []
-    for index, (start, stop) in enumerate(ranges):
-        spec = {**common, "shard_index": index, "shard_count": len(ranges), "start": start, "stop": stop,
-                "batch_size": scan.batch_size, "decode_workers": scan.decode_workers}
-        key_fields = {k: v for k, v in spec.items() if k not in ("batch_size", "decode_workers")}
-        items.append(WorkItem(content_key("scan", {**identity, **key_fields}), "scan", model.id, spec, cost=stop - start))
-    reduce_spec = {"layers": layers, "scan_items": [i.key for i in items], "listing": listing.fingerprint,
-                   "write_images": write_images}
-    items.append(WorkItem(content_key("reduce", {**identity, **reduce_spec}), "reduce", model.id, reduce_spec, cost=0))
-    return items
+    layers = tuple(scanned_layers(model))
+    items = [
+        make_item(model.id, identity, ScanSpec(
+            layers=layers, k=scan.k, listing=listing.fingerprint, chunk_images=per_chunk,
+            pooled=scan.pooled_activations, shard_index=index, shard_count=len(ranges), start=start, stop=stop,
+            images_per_batch=scan.images_per_batch, decode_workers=scan.decode_workers,
+        ), cost=stop - start)
+        for index, (start, stop) in enumerate(ranges)
+    ]
+    reduce = ReduceSpec(layers=layers, scan_items=tuple(i.key for i in items), listing=listing.fingerprint,
+                        write_images=write_images)
+    return items + [make_item(model.id, identity, reduce, cost=0)]
 
 
 def declare_scan_arrays(writer: AtlasWriter, model: ResolvedModel, scan: ScanConfig, listing: Listing) -> None:
@@ -168,42 +167,42 @@ def _listing(runner, fingerprint: str) -> Listing:
 def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
     from loupe.pipeline.scan import ScanOptions, Scanner, scan_dataset
 
-    spec = item.spec
-    shard = _listing(runner, spec["listing"]).slice(spec["start"], spec["stop"])
-    options = ScanOptions(k=spec["k"], pooled=spec["pooled"], chunk_images=spec["chunk_images"])
-    key = (tuple(spec["layers"]), options)
+    spec: ScanSpec = item.spec
+    shard = _listing(runner, spec.listing).slice(spec.start, spec.stop)
+    options = ScanOptions(k=spec.k, pooled=spec.pooled, chunk_images=spec.chunk_images)
+    key = (spec.layers, options)
     if getattr(runner, "_scanner_key", None) != key:
-        runner._scanner = Scanner(runner.model, spec["layers"], options, receptive_fields=_receptive_fields(runner))
+        runner._scanner = Scanner(runner.model, list(spec.layers), options, receptive_fields=_receptive_fields(runner))
         runner._scanner_key = key
     context = runner.scan_context or {}
     model_id = runner.config.id
-    with runner.writer.item(item.key, {"stage": "scan", **{k: v for k, v in spec.items() if k != "layers"}}) as out:
+    with runner.writer.item(item.key, item_meta(item)) as out:
         def write_chunk(chunk) -> None:
             out.write_activations(model_id, chunk.layer, chunk.start, **{chunk.kind: chunk.values})
 
         result = scan_dataset(
             runner.model, shard, runner._scanner,
-            loader=LoaderOptions(batch_size=spec["batch_size"], workers=spec["decode_workers"]),
+            loader=LoaderOptions(batch_size=spec.images_per_batch, workers=spec.decode_workers),
             storage_options=context.get("dataset_storage_options"),
-            on_chunk=write_chunk if spec["pooled"] else None,
+            on_chunk=write_chunk if spec.pooled else None,
         )
         write_partial_arrays(out, PARTIAL, result.state())
     return {"images": result.scanned, "skipped": len(result.skipped)}
 
 
 def _run_reduce(runner, item: WorkItem) -> dict[str, Any]:
-    spec = item.spec
-    merged = merge_partials(runner.writer, spec["scan_items"])
+    spec: ReduceSpec = item.spec
+    merged = merge_partials(runner.writer, list(spec.scan_items))
     model_id = runner.config.id
     units, examples = merged.units_table().drop_columns(["model"]), merged.examples_table().drop_columns(["model"])
     skipped = [{"image_id": s.image_id, "reason": s.reason} for s in merged.skipped]
     with runner.writer.item(item.key, {"stage": "reduce", "skipped_images": len(skipped),
                                        "skipped_examples": skipped[:100]}) as out:
-        for layer in spec["layers"]:
+        for layer in spec.layers:
             out.write_units(model_id, layer, units.filter(_column_equals(units, "layer", layer)))
             out.write_examples(model_id, layer, examples.filter(_column_equals(examples, "layer", layer)))
-        if spec["write_images"]:
-            out.write_images(_listing(runner, spec["listing"]).images_table())
+        if spec.write_images:
+            out.write_images(_listing(runner, spec.listing).images_table())
     return {"images": 0, "skipped": len(skipped)}
 
 

@@ -58,64 +58,15 @@ def build(draft: dict, records: list[ItemRecord], array_entries: dict[str, tuple
 
     array_entries maps an array path to (checksum entry of its zarr.json, parsed metadata).
     """
-    objects: dict[str, dict] = {}
-    owners: dict[str, str] = {}
-    layers: dict[str, dict[str, dict]] = {}
-    images_tables: dict[str, dict] = {}
-
-    def layer_entry(model: str, layer: str) -> dict:
-        return layers.setdefault(model, {}).setdefault(layer, {"renders": {}, "activations": {}, "tables": {}})
-
-    for record in sorted(records, key=lambda r: r.key):
-        for path, entry in record.objects.items():
-            if path in objects and objects[path]["sha256"] != entry["sha256"]:
-                raise StorageError(
-                    f"work items {owners[path]} and {record.key} both wrote {path} with different bytes; "
-                    "each shard or file must have exactly one writer"
-                )
-            objects[path] = entry
-            owners[path] = record.key
-        for cover in record.covers:
-            kind = cover["type"]
-            if kind == "renders":
-                entry = layer_entry(cover["model"], cover["layer"])["renders"].setdefault(
-                    cover["kind"], {"array": cover["array"], "objective": cover["objective"], "units": []})
-                entry["units"].append(cover["units"])
-            elif kind == "activations":
-                entry = layer_entry(cover["model"], cover["layer"])["activations"].setdefault(
-                    cover["pooling"], {"array": cover["array"], "images": []})
-                entry["images"].append(cover["images"])
-            elif kind == "table" and cover["table"] == "images":
-                images_tables[cover["path"]] = {**record.objects[cover["path"]], "rows": cover["rows"]}
-            elif kind == "table":
-                tables = layer_entry(cover["model"], cover["layer"])["tables"].setdefault(cover["table"], {})
-                tables[cover["path"]] = {**record.objects[cover["path"]], "rows": cover["rows"], "units": cover["units"]}
-
+    records = sorted(records, key=lambda r: r.key)
+    objects = _objects_with_one_writer(records)
+    layers, images_tables = _index_covers(records)
     arrays_out = {}
     for path, (entry, meta) in sorted(array_entries.items()):
         objects[f"{path}/zarr.json"] = entry
         arrays_out[path] = {**entry, "metadata": meta}
     objects.update(extra_objects)
-
-    n_units_total = 0
-    render_units: dict[str, int] = {}
-    for model, by_layer in layers.items():
-        for layer, entry in by_layer.items():
-            units: list[list[int]] = []
-            for kind, render in entry["renders"].items():
-                render["units"] = merge_ranges(render["units"])
-                render["shape"] = arrays_out.get(render["array"], {}).get("metadata", {}).get("shape")
-                units += render["units"]
-                render_units[kind] = render_units.get(kind, 0) + range_count(render["units"])
-            for pooled in entry["activations"].values():
-                pooled["images"] = merge_ranges(pooled["images"])
-                pooled["shape"] = arrays_out.get(pooled["array"], {}).get("metadata", {}).get("shape")
-            for files in entry["tables"].values():
-                for info in files.values():
-                    units += info["units"]
-            entry["units"] = merge_ranges(units)
-            n_units_total += range_count(entry["units"])
-
+    n_units, render_units = _summarize_layers(layers, arrays_out)
     checksums = dict(sorted(objects.items()))
     manifest = {
         "format": layout.FORMAT,
@@ -134,7 +85,7 @@ def build(draft: dict, records: list[ItemRecord], array_entries: dict[str, tuple
             "bytes": sum(e["size"] for e in checksums.values()),
             "models": len(layers),
             "layers": sum(len(v) for v in layers.values()),
-            "units": n_units_total,
+            "units": n_units,
             "renders": render_units,
             "images": sum(t["rows"] for t in images_tables.values()),
         },
@@ -143,6 +94,73 @@ def build(draft: dict, records: list[ItemRecord], array_entries: dict[str, tuple
         "arrays": arrays_out,
     }
     return manifest, checksums
+
+
+def _objects_with_one_writer(records: list[ItemRecord]) -> dict[str, dict]:
+    """Every object the items wrote; two items writing one object with different bytes is an error."""
+    objects: dict[str, dict] = {}
+    owners: dict[str, str] = {}
+    for record in records:
+        for path, entry in record.objects.items():
+            if path in objects and objects[path]["sha256"] != entry["sha256"]:
+                raise StorageError(
+                    f"work items {owners[path]} and {record.key} both wrote {path} with different bytes; "
+                    "each shard or file must have exactly one writer"
+                )
+            objects[path] = entry
+            owners[path] = record.key
+    return objects
+
+
+def _index_covers(records: list[ItemRecord]) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
+    """Per model and layer: which render units, activation images and table files the items cover."""
+    layers: dict[str, dict[str, dict]] = {}
+    images_tables: dict[str, dict] = {}
+
+    def layer_entry(cover: dict) -> dict:
+        return layers.setdefault(cover["model"], {}).setdefault(
+            cover["layer"], {"renders": {}, "activations": {}, "tables": {}})
+
+    for record in records:
+        for cover in record.covers:
+            kind = cover["type"]
+            if kind == "renders":
+                entry = layer_entry(cover)["renders"].setdefault(
+                    cover["kind"], {"array": cover["array"], "objective": cover["objective"], "units": []})
+                entry["units"].append(cover["units"])
+            elif kind == "activations":
+                entry = layer_entry(cover)["activations"].setdefault(
+                    cover["pooling"], {"array": cover["array"], "images": []})
+                entry["images"].append(cover["images"])
+            elif kind == "table" and cover["table"] == "images":
+                images_tables[cover["path"]] = {**record.objects[cover["path"]], "rows": cover["rows"]}
+            elif kind == "table":
+                files = layer_entry(cover)["tables"].setdefault(cover["table"], {})
+                files[cover["path"]] = {**record.objects[cover["path"]], "rows": cover["rows"], "units": cover["units"]}
+    return layers, images_tables
+
+
+def _summarize_layers(layers: dict[str, dict[str, dict]], arrays_out: dict[str, dict]) -> tuple[int, dict[str, int]]:
+    """Merge each layer's ranges in place, attach array shapes; returns (units, renders per kind)."""
+    n_units_total = 0
+    render_units: dict[str, int] = {}
+    for by_layer in layers.values():
+        for entry in by_layer.values():
+            units: list[list[int]] = []
+            for kind, render in entry["renders"].items():
+                render["units"] = merge_ranges(render["units"])
+                render["shape"] = arrays_out.get(render["array"], {}).get("metadata", {}).get("shape")
+                units += render["units"]
+                render_units[kind] = render_units.get(kind, 0) + range_count(render["units"])
+            for pooled in entry["activations"].values():
+                pooled["images"] = merge_ranges(pooled["images"])
+                pooled["shape"] = arrays_out.get(pooled["array"], {}).get("metadata", {}).get("shape")
+            for files in entry["tables"].values():
+                for info in files.values():
+                    units += info["units"]
+            entry["units"] = merge_ranges(units)
+            n_units_total += range_count(entry["units"])
+    return n_units_total, render_units
 
 
 def parse(data: bytes, where: str) -> dict:

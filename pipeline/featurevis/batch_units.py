@@ -124,7 +124,7 @@ def batch_objective(layer: str, rows: Sequence[Row], kind: str, settings: Render
 
 
 def _checked_units(lm: LoadedModel, layer: str, units: Sequence[int], kind: str, settings: RenderSettings,
-                   batch_size: int) -> list[int]:
+                   images_per_step: int) -> list[int]:
     """The request's units, or a LoupeError naming the kind, layer, unit or setting at fault."""
     if kind not in KINDS:
         raise LoupeError(f"unknown render kind '{kind}'; choose one of {', '.join(KINDS)}")
@@ -134,16 +134,16 @@ def _checked_units(lm: LoadedModel, layer: str, units: Sequence[int], kind: str,
         raise LoupeError(f"no units given to render for layer {layer}")
     for unit in unit_list:
         check_unit(info, unit)
-    if int(batch_size) < 1:
-        raise LoupeError(f"batch_size must be >= 1, got {batch_size}")
+    if int(images_per_step) < 1:
+        raise LoupeError(f"images_per_step must be >= 1, got {images_per_step}")
     if kind == "diversity" and settings.images_per_unit < 2:
         raise LoupeError("kind 'diversity' needs settings.images_per_unit >= 2")
     return unit_list
 
 
-def _batches(units: list[int], per_unit: int, batch_size: int) -> list[list[Row]]:
-    """Rows per optimization: whole units (with their diversity sets), about `batch_size` images each."""
-    units_per_batch = max(1, int(batch_size) // per_unit)
+def _batches(units: list[int], per_unit: int, images_per_step: int) -> list[list[Row]]:
+    """Rows per optimization: whole units (with their diversity sets), about `images_per_step` images each."""
+    units_per_batch = max(1, int(images_per_step) // per_unit)
     return [
         [(u, i) for u in units[k : k + units_per_batch] for i in range(per_unit)]
         for k in range(0, len(units), units_per_batch)
@@ -158,11 +158,11 @@ def render_units(
     settings: RenderSettings | None = None,
     *,
     seed: int = 0,
-    batch_size: int = 32,
+    images_per_step: int = 32,
     transforms: Sequence[Transform | Callable] | None = None,
     progress: bool | Callable[[int, float], None] = False,
 ) -> UnitRenders:
-    """Render `units` of `layer` (kind: channel, neuron, negative or diversity), `batch_size` images at a time.
+    """Render `units` of `layer` (kind: channel, neuron, negative or diversity), `images_per_step` images at a time.
 
     Returns uint8 images and each image's final activation (the unit's spatial mean, or its centre
     value for neurons, measured on the final quantized image without transforms; for negative
@@ -171,11 +171,11 @@ def render_units(
     """
     lm = as_loaded_model(model)
     settings = settings or RenderSettings()
-    unit_list = _checked_units(lm, layer, units, kind, settings, batch_size)
+    unit_list = _checked_units(lm, layer, units, kind, settings, images_per_step)
     per_unit = settings.images_per_unit if kind == "diversity" else 1
     transform = make_transform(transforms if transforms is not None else (None if settings.standard_transforms else []))
     acceleration = engine.Acceleration(settings.precision, settings.channels_last)
-    batches = _batches(unit_list, per_unit, batch_size)
+    batches = _batches(unit_list, per_unit, images_per_step)
     step_fn, close = make_progress(progress, settings.steps * len(batches), desc=f"{layer} {kind}")
     images, activations = [], []
     try:

@@ -33,13 +33,13 @@ def tiny_config(atlas_url: str, dataset: str | None, **overrides) -> dict:
             "units": "0-3",
         }],
         "render": {
-            "channel": {"size": 32, "steps": 3, "batch_size": 2},
-            "negative": {"enabled": True, "size": 32, "steps": 3, "batch_size": 4},
+            "channel": {"size": 32, "steps": 3, "units_per_item": 2},
+            "negative": {"enabled": True, "size": 32, "steps": 3, "units_per_item": 4},
         },
         "resources": {"cpus_per_actor": 1, "max_retries": 2},
     }
     if dataset is not None:
-        config["scan"] = {"dataset": {"url": dataset}, "k": 3, "shards": 2, "batch_size": 4, "decode_workers": 0}
+        config["scan"] = {"dataset": {"url": dataset}, "k": 3, "shards": 2, "images_per_batch": 4, "decode_workers": 0}
     for key, value in overrides.items():
         config[key] = value
     return config

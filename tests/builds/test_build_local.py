@@ -117,7 +117,7 @@ def test_a_failing_item_blocks_publishing_and_a_rerun_finishes(tmp_path, images,
     original = ItemRunner._render
 
     def flaky(self, item):
-        if item.spec["layer"] == "layer2" and item.spec["kind"] == "negative":
+        if item.spec.layer == "layer2" and item.spec.kind == "negative":
             raise OSError("simulated lost connection")
         return original(self, item)
 

@@ -50,7 +50,7 @@ def test_ray_build_equals_in_process_build(tmp_path, local_ray):
 def test_actor_killed_mid_item_still_completes_the_build(tmp_path, local_ray):
     url = str(tmp_path / "atlas")
     config = tiny_config(url, None)
-    config["render"] = {"channel": {"size": 32, "steps": 120, "batch_size": 2}}
+    config["render"] = {"channel": {"size": 32, "steps": 120, "units_per_item": 2}}
     config["models"][0]["units"] = "0-7"
     killed = []
 
@@ -80,7 +80,7 @@ def test_actor_killed_mid_item_still_completes_the_build(tmp_path, local_ray):
 def test_killed_driver_rerun_redoes_only_unfinished_items(tmp_path):
     url = tmp_path / "atlas"
     config = tiny_config(str(url), None)
-    config["render"] = {"channel": {"size": 32, "steps": 40, "batch_size": 1}}
+    config["render"] = {"channel": {"size": 32, "steps": 40, "units_per_item": 1}}
     config["models"][0]["units"] = "0-7"
     path = save_config(tmp_path / "build.yaml", config)
     driver = subprocess.Popen(

@@ -119,7 +119,7 @@ def test_build_tables_equal_one_direct_scan_pass(tmp_path, images):
     parsed = parse_config(config)
     model = build_model(parsed.models[0], with_weights=True)
     direct = scan_dataset(model, list_images(str(images)), Scanner(model, list(LAYERS), ScanOptions(k=3)),
-                          loader=LoaderOptions(batch_size=parsed.scan.batch_size, workers=0))
+                          loader=LoaderOptions(batch_size=parsed.scan.images_per_batch, workers=0))
     atlas = open_atlas(str(url))
     for layer in LAYERS:
         for stored, expected, order in (

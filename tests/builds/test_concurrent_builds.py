@@ -31,7 +31,7 @@ def _build(config: dict, **kwargs):
 
 def _slow_config(url: str, options: dict | None) -> dict:
     config = tiny_config(url, None)
-    config["render"] = {"channel": {"size": 32, "steps": 30, "batch_size": 1}}
+    config["render"] = {"channel": {"size": 32, "steps": 30, "units_per_item": 1}}
     config["models"][0]["units"] = "0-7"
     if options:
         config["atlas"]["storage_options"] = options

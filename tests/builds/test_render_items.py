@@ -33,10 +33,10 @@ def expected(config: dict, kind: str, units: list[int]):
     """What render_units itself produces for the item's units (the runner renders them in one call)."""
     model = build_model(ModelConfig.model_validate(config["models"][0]), with_weights=True, device="cpu")
     spec = config["render"][kind]
-    per_unit = spec.get("images", 1) if kind == "diversity" else 1
+    per_unit = spec.get("images_per_unit", 1) if kind == "diversity" else 1
     settings = RenderSettings(size=spec["size"], steps=spec["steps"], images_per_unit=per_unit)
     renders = render_units(model, LAYER, units, kind, settings, seed=spec.get("seed", 0),
-                           batch_size=len(units) * per_unit)
+                           images_per_step=len(units) * per_unit)
     images = renders.images.reshape(len(units), *([per_unit] if kind == "diversity" else []), 32, 32, 3)
     return images, renders.activations.reshape(len(units), -1)
 
@@ -45,11 +45,11 @@ def expected(config: dict, kind: str, units: list[int]):
     ("units", "requested", "absent", "render"),
     [
         ([3, 4, 6], [3, 4, 6], [5, 7, 0],
-         {"channel": {"size": 32, "steps": 4, "batch_size": 8},
-          "diversity": {"enabled": True, "size": 32, "steps": 3, "batch_size": 8, "images": 2}}),
+         {"channel": {"size": 32, "steps": 4, "units_per_item": 8},
+          "diversity": {"enabled": True, "size": 32, "steps": 3, "units_per_item": 8, "images_per_unit": 2}}),
         (["0-3", 10], [0, 1, 2, 3, 10], [4, 9, 11],
-         {"channel": {"size": 32, "steps": 4, "batch_size": 16},
-          "negative": {"enabled": True, "size": 32, "steps": 3, "batch_size": 16}}),
+         {"channel": {"size": 32, "steps": 4, "units_per_item": 16},
+          "negative": {"enabled": True, "size": 32, "steps": 3, "units_per_item": 16}}),
     ],
     ids=["3-4-6", "0to3-and-10"],
 )
@@ -82,7 +82,7 @@ def render_objects(url: str) -> dict[str, str]:
 
 
 def test_in_process_and_ray_give_the_same_bytes(tmp_path, local_ray):
-    render = {"channel": {"size": 32, "steps": 30, "batch_size": 4}}
+    render = {"channel": {"size": 32, "steps": 30, "units_per_item": 4}}
     local_url, ray_url = str(tmp_path / "in-process"), str(tmp_path / "on-ray")
     # The thread counts differ on purpose, as they do by default (all cores in process, num_cpus per actor).
     build(render_config(local_url, "0-3", render), "local", threads=2)
@@ -93,5 +93,5 @@ def test_in_process_and_ray_give_the_same_bytes(tmp_path, local_ray):
     model = build_model(ModelConfig.model_validate(render_config("", "0-3", render)["models"][0]),
                         with_weights=True, device="cpu")
     one, two = (render_units(model, LAYER, [0, 1, 2, 3], "channel", RenderSettings(size=32, steps=30, threads=t),
-                             batch_size=4).images for t in (1, 2))
+                             images_per_step=4).images for t in (1, 2))
     assert not np.array_equal(one, two)

@@ -85,7 +85,7 @@ PRECISIONS = ["fp32", "bf16"]
 def gratings(model, request):
     units = list(range(len(ANGLES)))
     settings = RenderSettings(size=96, steps=96, precision=request.param)
-    return render_units(model, "1", units, settings=settings, batch_size=len(units))
+    return render_units(model, "1", units, settings=settings, images_per_step=len(units))
 
 
 @pytest.fixture(scope="module", params=PRECISIONS)
@@ -94,7 +94,7 @@ def colours(model, request):
     # Adam moves every decorrelated-colour coordinate alike, so the image first darkens, then turns
     # to its colour: give it a few hundred (cheap, 32 px) steps.
     settings = RenderSettings(size=32, steps=256, precision=request.param)
-    return render_units(model, "0", units, settings=settings, batch_size=len(units))
+    return render_units(model, "0", units, settings=settings, images_per_step=len(units))
 
 
 @pytest.mark.parametrize("unit", range(len(ANGLES)))

@@ -22,7 +22,7 @@ def mid(module, x):
 
 
 def test_uint8_images_and_each_units_final_activation(tiny):
-    renders = render_units(tiny, "mid.2", [3, 0, 7], settings=RenderSettings(size=24, steps=30), batch_size=2)
+    renders = render_units(tiny, "mid.2", [3, 0, 7], settings=RenderSettings(size=24, steps=30), images_per_step=2)
     assert renders.images.shape == (3, 24, 24, 3) and renders.images.dtype == np.uint8
     assert renders.units.tolist() == [3, 0, 7] and renders.index.tolist() == [0, 0, 0]
     means = channel_means(tiny, mid, renders.images)
@@ -34,8 +34,8 @@ def test_uint8_images_and_each_units_final_activation(tiny):
 
 def test_a_units_image_does_not_depend_on_its_batch_mates(tiny):
     alone = render_units(tiny, "block", [5], settings=QUICK)
-    crowd = render_units(tiny, "block", [2, 5, 9, 11], settings=QUICK, batch_size=4)
-    other_crowd = render_units(tiny, "block", [1, 5], settings=QUICK, batch_size=2)
+    crowd = render_units(tiny, "block", [2, 5, 9, 11], settings=QUICK, images_per_step=4)
+    other_crowd = render_units(tiny, "block", [1, 5], settings=QUICK, images_per_step=2)
     for renders in (crowd, other_crowd):
         row = renders.units.tolist().index(5)
         diff = np.abs(renders.images[row].astype(int) - alone.images[0].astype(int))
@@ -78,10 +78,10 @@ def test_the_callers_thread_count_does_not_change_a_render():
     try:
         for threads in (2, 1):
             torch.set_num_threads(threads)
-            images[threads] = render_units(model, "layer2", [0, 1, 2, 3], settings=settings, batch_size=4).images
+            images[threads] = render_units(model, "layer2", [0, 1, 2, 3], settings=settings, images_per_step=4).images
             assert torch.get_num_threads() == threads  # restored for whatever runs next (scans use all)
         pinned_to_two = render_units(model, "layer2", [0, 1, 2, 3], settings=RenderSettings(size=32, steps=30, threads=2),
-                                     batch_size=4).images
+                                     images_per_step=4).images
     finally:
         torch.set_num_threads(saved)
     np.testing.assert_array_equal(images[2], images[1])
@@ -90,7 +90,7 @@ def test_the_callers_thread_count_does_not_change_a_render():
 
 def test_diversity_sets_are_grouped_per_unit_and_independent_of_other_units(tiny):
     settings = RenderSettings(size=24, steps=8, images_per_unit=3)
-    both = render_units(tiny, "block", [2, 6], "diversity", settings, batch_size=6)
+    both = render_units(tiny, "block", [2, 6], "diversity", settings, images_per_step=6)
     assert both.images.shape == (6, 24, 24, 3)
     assert both.units.tolist() == [2, 2, 2, 6, 6, 6] and both.index.tolist() == [0, 1, 2, 0, 1, 2]
     alone = render_units(tiny, "block", [6], "diversity", settings)

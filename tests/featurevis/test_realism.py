@@ -48,7 +48,7 @@ def test_channel_renders_beat_every_sample_photo(mobilenet, shared_dir):
     with torch.no_grad(), capture(mobilenet, [LAYER]) as cap:
         for photos in photo_batches(shared_dir, mobilenet.preprocessing):
             best_photo = torch.maximum(best_photo, cap.run(photos)[LAYER].mean(dim=(2, 3)).amax(dim=0))
-    renders = render_units(mobilenet, LAYER, CHANNELS, settings=RenderSettings(steps=512), batch_size=len(CHANNELS))
+    renders = render_units(mobilenet, LAYER, CHANNELS, settings=RenderSettings(steps=512), images_per_step=len(CHANNELS))
     photo_max = best_photo[CHANNELS].numpy()
     wins = int((renders.activations > photo_max).sum())
     for unit, rendered, photo in zip(CHANNELS, renders.activations, photo_max):

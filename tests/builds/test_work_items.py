@@ -1,0 +1,43 @@
+"""Work items are typed and JSON-serialisable, and their keys cover exactly what changes an output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loupe.jobs.build import make_plan
+from loupe.jobs.config import parse_config
+from loupe.jobs.plan import ReduceSpec, RenderSpec, ScanSpec, WorkItem
+from tests.builds.build_helpers import tiny_config, write_images
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("items") / "images", count=6)
+
+
+def plan(tmp_path, images, **scan) -> list[WorkItem]:
+    config = tiny_config(str(tmp_path / "atlas"), str(images))
+    config["render"]["diversity"] = {"enabled": True, "size": 32, "steps": 3, "units_per_item": 2, "images_per_unit": 2}
+    config["scan"].update(scan)
+    built = make_plan(parse_config(config), device="cpu")
+    return [item for items in built.items.values() for item in items]
+
+
+def test_every_item_round_trips_through_json_with_its_typed_spec(tmp_path, images):
+    items = plan(tmp_path, images)
+    assert {type(i.spec) for i in items} == {RenderSpec, ScanSpec, ReduceSpec}
+    for item in items:
+        again = WorkItem.from_json(json.loads(json.dumps(item.to_json())))
+        assert again == item and again.spec == item.spec and again.stage == item.stage
+    diversity = [i.spec for i in items if i.stage == "render" and i.spec.kind == "diversity"]
+    assert diversity and all(s.images_per_unit == 2 and s.units_per_item == 2 for s in diversity)
+
+
+def test_how_a_scan_runs_is_not_keyed_but_what_it_computes_is(tmp_path, images):
+    base = {i.key for i in plan(tmp_path / "a", images)}
+    assert {i.key for i in plan(tmp_path / "b", images, images_per_batch=2, decode_workers=1)} == base
+    changed = {i.key for i in plan(tmp_path / "c", images, k=2)}
+    assert {k for k in changed if k.startswith("scan-")}.isdisjoint(base)
+    assert {k for k in changed if k.startswith("render-")} <= base
