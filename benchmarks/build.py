@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loupe.jobs import execute  # noqa: E402
-from loupe.jobs.build import run_build  # noqa: E402
-from loupe.jobs.config import parse_config  # noqa: E402
+from loupe.jobs.build import execute  # noqa: E402
+from loupe.jobs.build.run import run_build  # noqa: E402
+from loupe.jobs.build.config import parse_config  # noqa: E402
 
 
 def config(url: str, units: int, steps: int, actors: int) -> dict:

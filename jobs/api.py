@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from loupe.jobs.config import BuildConfig, load_config, parse_config
+from loupe.jobs.build.config import BuildConfig, load_config, parse_config
 from loupe.jobs.progress import BuildSummary
 
 

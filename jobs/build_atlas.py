@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from loupe.jobs.config import load_config
+from loupe.jobs.build.config import load_config
 from loupe.pipeline.errors import LoupeError
 from loupe.storage.errors import StorageError
 
@@ -28,7 +28,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.validate_only:
-        from loupe.jobs.resolve import resolve_build
+        from loupe.jobs.build.resolve import resolve_build
 
         models = resolve_build(config, with_weights=False, device="cpu")
         layers = sum(len(m.layers) for m in models)

@@ -96,7 +96,7 @@ def local_ray() -> Iterator[None]:
     """A real local Ray for one test module, pinned to 127.0.0.1 and shut down after it."""
     import ray
 
-    from loupe.jobs.execute import connect_ray
+    from loupe.jobs.build.execute import connect_ray
 
     connect_ray(None, num_cpus=2)
     try:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from loupe.jobs.build import run_build
-from loupe.jobs.config import parse_config
+from loupe.jobs.build.config import parse_config
 from loupe.storage import StorageError, list_versions, open_atlas
 
 from tests.builds.build_helpers import atlas_snapshot, tiny_config, write_images
@@ -111,7 +111,7 @@ def test_build_on_s3(tmp_path, images, s3_bucket, s3_options):
 
 
 def test_a_failing_item_blocks_publishing_and_a_rerun_finishes(tmp_path, images, monkeypatch):
-    from loupe.jobs.runner import ItemRunner
+    from loupe.jobs.build.runner import ItemRunner
 
     url = str(tmp_path / "atlas")
     original = ItemRunner._render

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loupe.jobs.build import run_build
-from loupe.jobs.config import parse_config
+from loupe.jobs.build.config import parse_config
 from loupe.storage import list_versions
 
 from tests.builds.build_helpers import atlas_snapshot, save_config, tiny_config, write_images
@@ -84,7 +84,7 @@ def test_killed_driver_rerun_redoes_only_unfinished_items(tmp_path):
     config["models"][0]["units"] = "0-7"
     path = save_config(tmp_path / "build.yaml", config)
     driver = subprocess.Popen(
-        [sys.executable, "-m", "loupe.jobs.build_atlas", str(path), "--executor", "local", "--no-progress"],
+        [sys.executable, "-m", "loupe", "build", str(path), "--executor", "local", "--no-progress"],
         cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

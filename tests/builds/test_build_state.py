@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from loupe.jobs import scan_items
+from loupe.jobs.build import scan_items
 from loupe.jobs.build import run_build
-from loupe.jobs.config import parse_config
-from loupe.jobs.resolve import build_model
+from loupe.jobs.build.config import parse_config
+from loupe.jobs.build.resolve import build_model
 from loupe.pipeline.data import LoaderOptions, list_images
 from loupe.pipeline.scan import ScanOptions, Scanner, scan_dataset
 from loupe.storage import ChecksumError, StorageError, open_atlas

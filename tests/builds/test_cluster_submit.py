@@ -86,7 +86,7 @@ def test_ray_job_submit_builds_and_publishes(tmp_path, ray_head):
     for _ in range(20):  # right after `ray start` the job agent may not be up yet
         submitted = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".", "--",
-             "python", "-m", "loupe.jobs.build_atlas", str(config), "--no-progress"],
+             "loupe", "build", str(config), "--no-progress"],
             env=env, capture_output=True, text=True, timeout=600, cwd=REPO,
         )
         output = submitted.stdout + submitted.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from loupe.jobs.build import run_build
-from loupe.jobs.config import parse_config
+from loupe.jobs.build.config import parse_config
 from loupe.storage import LeaseHeldError, LeaseLostError, layout, list_versions, open_atlas, publish
 from loupe.storage.objects import ObjectStore
 from loupe.storage.urls import resolve
@@ -48,7 +48,7 @@ def test_a_second_build_of_a_running_config_refuses_and_names_the_holder(tmp_pat
     config = _slow_config(url, options)
     store = ObjectStore(resolve(url, options))
     first = subprocess.Popen(
-        [sys.executable, "-m", "loupe.jobs.build_atlas", str(save_config(tmp_path / "b.yaml", config)),
+        [sys.executable, "-m", "loupe", "build", str(save_config(tmp_path / "b.yaml", config)),
          "--executor", "local", "--no-progress"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -101,7 +101,7 @@ def test_a_build_stopped_between_seal_and_swap_is_published_as_sealed(tmp_path, 
 
 
 def test_a_build_whose_draft_is_deleted_says_so(tmp_path, monkeypatch):
-    from loupe.jobs.runner import ItemRunner
+    from loupe.jobs.build.runner import ItemRunner
 
     url = str(tmp_path / "atlas")
     original = ItemRunner._render

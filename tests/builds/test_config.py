@@ -2,8 +2,8 @@
 
 import pytest
 
-from loupe.jobs.config import ConfigError, load_config, parse_config, parse_units
-from loupe.jobs.resolve import resolve_build
+from loupe.jobs.build.config import ConfigError, load_config, parse_config, parse_units
+from loupe.jobs.build.resolve import resolve_build
 
 from tests.builds.build_helpers import TINY_MODEL, save_config, tiny_config
 

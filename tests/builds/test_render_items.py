@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from loupe.jobs.build import run_build
-from loupe.jobs.config import ModelConfig, parse_config
-from loupe.jobs.resolve import build_model
+from loupe.jobs.build.config import ModelConfig, parse_config
+from loupe.jobs.build.resolve import build_model
 from loupe.pipeline.featurevis import RenderSettings, render_units
 from loupe.storage import StorageError, open_atlas
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loupe.jobs.build import run_build
-from loupe.jobs.config import parse_config
+from loupe.jobs.build.config import parse_config
 from loupe.storage import list_versions, open_atlas
 
 from tests.builds.build_helpers import tiny_config

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from loupe.jobs import build as build_module
+from loupe.jobs.build import run as build_module
 from loupe.jobs.build import run_build
-from loupe.jobs.config import parse_config
+from loupe.jobs.build.config import parse_config
 from loupe.pipeline.errors import LoupeError
 from loupe.storage import AtlasWriter, list_versions, open_atlas
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from loupe.jobs.build import make_plan
-from loupe.jobs.config import parse_config
-from loupe.jobs.plan import ReduceSpec, RenderSpec, ScanSpec, WorkItem
+from loupe.jobs.build.config import parse_config
+from loupe.jobs.build.plan import ReduceSpec, RenderSpec, ScanSpec, WorkItem
 from tests.builds.build_helpers import tiny_config, write_images
 
 

@@ -16,9 +16,9 @@ KUBERAY = DEPLOY / "kuberay"
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 RAY_UP_CONFIG = DEPLOY / "ray-cluster-aws.yaml"
-BUILD_MODULE = "loupe.jobs.build_atlas"
+BUILD_MODULE = "loupe"
 #: The two spellings of the build command an entrypoint may use (the second is the console script).
-BUILD_COMMANDS = (("python", "-m", BUILD_MODULE), ("loupe", "build"))
+BUILD_COMMANDS = (("python", "-m", BUILD_MODULE, "build"), ("loupe", "build"))
 
 YAML_FILES = sorted(p for folder in (DEPLOY, REPO / "configs") for p in folder.rglob("*") if p.suffix in (".yaml", ".yml"))
 NAMESPACE = "loupe"

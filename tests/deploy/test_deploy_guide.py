@@ -35,7 +35,7 @@ def test_the_old_names_pattern_catches_the_old_spellings() -> None:
     for old in ("import storage", "from pipeline.models import load_model", "python -m jobs.build_atlas x.yaml",
                 "atlas = storage.open_atlas('a')"):
         assert OLD_NAMES.search(old), old
-    for new in ("import loupe", "from loupe.pipeline.models import load_model", "python -m loupe.jobs.build_atlas x.yaml",
+    for new in ("import loupe", "from loupe.pipeline.models import load_model", "python -m loupe build x.yaml",
                 "atlas = loupe.open_atlas('a')", "writes through `storage/`",
                 "loupe.storage.plan_image_chunks(8, 2)"):
         assert not OLD_NAMES.search(new), new

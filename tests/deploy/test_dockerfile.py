@@ -156,7 +156,7 @@ def test_weights_the_image_can_preload_resolve_offline(entrypoint_configs: list[
     """The optional preload step calls get_model_weights(<builder>).DEFAULT.get_state_dict."""
     import torchvision
 
-    from loupe.jobs.config import load_config
+    from loupe.jobs.build.config import load_config
 
     run = " ".join(rest for word, rest in dockerfile_instructions() if word == "RUN")
     assert "get_model_weights(sys.argv[1]).DEFAULT.get_state_dict" in run

@@ -23,10 +23,11 @@ from tests.deploy.manifests import (
 
 def test_both_spellings_of_the_build_command_are_accepted() -> None:
     config = "configs/cluster-imagenet.yaml"
-    assert build_arguments(f"python -m {BUILD_MODULE} {config}") == [config]
+    assert build_arguments(f"python -m {BUILD_MODULE} build {config}") == [config]
     assert build_arguments(f"loupe build {config} --address auto") == [config, "--address", "auto"]
     assert local_command(f"loupe build {config}")[1:] == ["build", config]
-    for wrong in (f"python -m build_atlas {config}", f"python -m jobs.build_atlas {config}", f"loupe atlas show {config}"):
+    for wrong in (f"python -m build_atlas {config}", f"python -m jobs.build_atlas {config}", f"loupe atlas show {config}",
+                  f"python -m loupe.jobs.build_atlas {config}"):
         with pytest.raises(AssertionError, match="is not a build command"):
             build_arguments(wrong)
 
@@ -74,7 +75,7 @@ def test_entrypoints_pass_validate_only_without_network(entrypoints: list[str], 
 
 
 def test_entrypoint_configs_parse_under_the_config_schema(entrypoint_configs: list[str]) -> None:
-    from loupe.jobs.config import load_config
+    from loupe.jobs.build.config import load_config
 
     for config in entrypoint_configs:
         parsed = load_config(REPO / config)
@@ -95,7 +96,7 @@ def actors_per_node(gpus: float, cpus: float, resources: Any) -> int:
 
 
 def test_config_actor_shape_fits_the_kuberay_gpu_workers(entrypoint_configs: list[str], rayjob: dict[str, Any]) -> None:
-    from loupe.jobs.config import load_config
+    from loupe.jobs.build.config import load_config
 
     (group,) = [g for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"] if gpu_count(container(g["template"])["resources"])]
     limits = container(group["template"])["resources"]["limits"]
@@ -113,8 +114,8 @@ def test_build_sizes_its_gpu_pool_for_clusters_that_start_without_gpu_workers(
     """Both cluster definitions start with the head alone (no CPUs for work, no GPUs) and let Ray's
     autoscaler add GPU workers for pending actors, so when the build sizes its actor pool the
     cluster shows no GPU yet: it must still ask for its GPU actors, not fail or fall back to CPUs."""
-    from loupe.jobs.config import load_config
-    from loupe.jobs.execute import actor_shape
+    from loupe.jobs.build.config import load_config
+    from loupe.jobs.build.execute import actor_shape
 
     cluster = rayjob["spec"]["rayClusterSpec"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
@@ -133,7 +134,7 @@ def test_build_sizes_its_gpu_pool_for_clusters_that_start_without_gpu_workers(
 
 
 def test_config_actor_shape_fits_the_ray_up_gpu_workers(entrypoint_configs: list[str], ray_up: dict[str, Any]) -> None:
-    from loupe.jobs.config import load_config
+    from loupe.jobs.build.config import load_config
 
     gpu_types = [t for t in ray_up["available_node_types"].values() if t["resources"].get("GPU", 0) >= 1]
     assert gpu_types, "the ray up config has no GPU node type"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loupe.jobs.render_command import add_render_command, default_weights
+from loupe.jobs.cli.render import add_render_command, default_weights
 from loupe.pipeline.errors import LoupeError, UnitError
 
 TOY_MODULE = textwrap.dedent(

@@ -45,7 +45,7 @@ def test_the_installed_wheel_ignores_local_pipeline_and_storage_modules(installe
     assert report["loupe"] == str(package / "__init__.py")
     assert report["storage"] == str(package / "storage" / "__init__.py")
     assert report["models"] == str(package / "pipeline" / "models" / "__init__.py")
-    assert report["cli"] == str(package / "jobs" / "cli.py")
+    assert report["cli"] == str(package / "jobs" / "cli" / "__init__.py")
     assert report["error"] and "missing-atlas" in report["error"]
     assert report["shadows_imported"] == []
 
@@ -57,4 +57,4 @@ def test_a_checkout_on_pythonpath_wins_over_the_installed_copy_as_a_whole(instal
     assert report["loupe"] == str(REPO / "loupe" / "__init__.py")
     assert report["storage"] == str(REPO / "storage" / "__init__.py")
     assert report["models"] == str(REPO / "pipeline" / "models" / "__init__.py")
-    assert report["cli"] == str(REPO / "jobs" / "cli.py")
+    assert report["cli"] == str(REPO / "jobs" / "cli" / "__init__.py")

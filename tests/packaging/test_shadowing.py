@@ -14,7 +14,7 @@ def test_local_modules_named_pipeline_and_storage_do_not_shadow_loupe(tmp_path: 
     report = run_script(SHADOWED_SCRIPT, cwd=tmp_path)
     assert report["storage"] == str(REPO / "storage" / "__init__.py")
     assert report["models"] == str(REPO / "pipeline" / "models" / "__init__.py")
-    assert report["cli"] == str(REPO / "jobs" / "cli.py")
+    assert report["cli"] == str(REPO / "jobs" / "cli" / "__init__.py")
     assert report["error"] == "atlas missing-atlas has no published version (no atlas.json)"
     assert report["shadows_imported"] == []
 

@@ -7,7 +7,7 @@ import argparse
 import pyarrow.parquet as pq
 import pytest
 
-from loupe.jobs.scan_command import add_scan_command
+from loupe.jobs.cli.scan import add_scan_command
 from loupe.pipeline.errors import LoupeError
 
 from .helpers import corrupt_files, png_bytes, random_images, write_folder

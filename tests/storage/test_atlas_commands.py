@@ -6,7 +6,7 @@ import argparse
 import json
 
 from tests.storage.atlas_samples import write_small
-from loupe.jobs.atlas_commands import add_atlas_commands
+from loupe.jobs.cli.atlas import add_atlas_commands
 from loupe.storage import AtlasWriter, list_versions
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loupe.jobs.model_commands import add_model_arguments
+from loupe.jobs.cli.models import add_model_arguments
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.featurevis.batch_units import KINDS, RenderSettings, render_units
 from loupe.pipeline.featurevis.objectives import parse_unit

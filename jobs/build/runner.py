@@ -10,9 +10,9 @@ import os
 import time
 from typing import Any
 
-from loupe.jobs.config import ModelConfig
-from loupe.jobs.plan import RenderSpec, WorkItem, item_meta
-from loupe.jobs.resolve import build_model
+from loupe.jobs.build.config import ModelConfig
+from loupe.jobs.build.plan import RenderSpec, WorkItem, item_meta
+from loupe.jobs.build.resolve import build_model
 from loupe.storage import AtlasWriter
 
 
@@ -53,7 +53,7 @@ class ItemRunner:
         if item.stage == "render":
             extra = self._render(item)
         else:
-            from loupe.jobs.scan_items import run_scan_stage
+            from loupe.jobs.build.scan_items import run_scan_stage
 
             extra = run_scan_stage(self, item)
         return {"key": item.key, "status": "done", "cost": item.cost,

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from loupe.jobs.config import ResourcesConfig
-from loupe.jobs.plan import WorkItem
-from loupe.jobs.runner import ItemRunner
+from loupe.jobs.build.config import ResourcesConfig
+from loupe.jobs.build.plan import WorkItem
+from loupe.jobs.build.runner import ItemRunner
 from loupe.pipeline.errors import LoupeError
 
 Finished = Callable[[WorkItem, dict[str, Any]], None]

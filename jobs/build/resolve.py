@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from loupe.jobs.config import (
+from loupe.jobs.build.config import (
     BuildConfig,
     ConfigError,
     LayerConfig,

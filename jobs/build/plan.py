@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from loupe.jobs.resolve import ResolvedModel
+from loupe.jobs.build.resolve import ResolvedModel
 
 #: Bump when a stage's algorithm changes its output for the same inputs; invalidates that stage only.
 CODE_VERSIONS = {"render": "render-2", "scan": "scan-2", "reduce": "reduce-2"}

@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from loupe.jobs import execute, scan_items
-from loupe.jobs.config import BuildConfig
-from loupe.jobs.plan import CODE_VERSIONS, WorkItem, model_identity, plan_renders
+from loupe.jobs.build import execute, scan_items
+from loupe.jobs.build.config import BuildConfig
+from loupe.jobs.build.plan import CODE_VERSIONS, WorkItem, model_identity, plan_renders
 from loupe.jobs.progress import BuildSummary, Progress
-from loupe.jobs.resolve import ResolvedModel, resolve_build
+from loupe.jobs.build.resolve import ResolvedModel, resolve_build
 from loupe.storage import AtlasState, AtlasWriter, PublishConflictError, VersionStatus, check_writable, item_keys, read_state
 from loupe.storage.checksums import canonical_json
 from loupe.storage.lease import DEFAULT_TTL_S

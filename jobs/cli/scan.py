@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from loupe.jobs.model_commands import add_model_arguments, print_table
+from loupe.jobs.cli.models import add_model_arguments, print_table
 from loupe.pipeline.data import LoaderOptions, list_images
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.models import LoadedModel, Preprocessing, load_model

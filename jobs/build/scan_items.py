@@ -15,9 +15,9 @@ import hashlib
 import json
 from typing import Any
 
-from loupe.jobs.config import ScanConfig
-from loupe.jobs.plan import ReduceSpec, ScanSpec, WorkItem, item_meta, make_item, model_identity
-from loupe.jobs.resolve import ResolvedModel
+from loupe.jobs.build.config import ScanConfig
+from loupe.jobs.build.plan import ReduceSpec, ScanSpec, WorkItem, item_meta, make_item, model_identity
+from loupe.jobs.build.resolve import ResolvedModel
 from loupe.pipeline.data import Listing, LoaderOptions, list_images
 from loupe.pipeline.errors import LoupeError
 from loupe.storage import AtlasWriter, StorageError, plan_image_chunks

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from loupe.jobs.atlas_commands import add_atlas_commands
+from loupe.jobs.cli.atlas import add_atlas_commands
 from loupe.jobs.build_atlas import add_build_arguments, run as run_build
-from loupe.jobs.model_commands import add_model_commands
-from loupe.jobs.render_command import add_render_command
-from loupe.jobs.sample_images import add_sample_images_command
-from loupe.jobs.scan_command import add_scan_command
+from loupe.jobs.cli.models import add_model_commands
+from loupe.jobs.cli.render import add_render_command
+from loupe.jobs.cli.sample_images import add_sample_images_command
+from loupe.jobs.cli.scan import add_scan_command
 from loupe.pipeline.errors import LoupeError
 from loupe.storage.errors import StorageError
 
