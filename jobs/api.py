@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from loupe.jobs.build.config import BuildConfig, load_config, parse_config
-from loupe.jobs.progress import BuildSummary
+from loupe.jobs.build.progress import BuildSummary
 
 
 def build(

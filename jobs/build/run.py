@@ -18,7 +18,7 @@ from typing import Any, Callable
 from loupe.jobs.build import execute, scan_items
 from loupe.jobs.build.config import BuildConfig
 from loupe.jobs.build.plan import CODE_VERSIONS, WorkItem, model_identity, plan_renders
-from loupe.jobs.progress import BuildSummary, Progress
+from loupe.jobs.build.progress import BuildSummary, Progress
 from loupe.jobs.build.resolve import ResolvedModel, resolve_build
 from loupe.storage import AtlasState, AtlasWriter, PublishConflictError, VersionStatus, check_writable, item_keys, read_state
 from loupe.storage.checksums import canonical_json
@@ -191,11 +191,11 @@ def _runner_args(plan: BuildPlan, model: ResolvedModel, writer: AtlasWriter, ite
 def _execute(items: list[WorkItem], model: ResolvedModel, plan: BuildPlan, writer: AtlasWriter,
              summary: BuildSummary, run: Execution, desc: str) -> execute.Outcome:
     runner_args = _runner_args(plan, model, writer, items)
-    bar = Progress(len(items), sum(i.cost for i in items), desc, enabled=run.progress)
+    bar = Progress(len(items), desc, enabled=run.progress)
 
     def finished(item: WorkItem, result: dict[str, Any]) -> None:
         _count(summary, item, result)
-        bar.advance(item.cost)
+        bar.advance(item.stage, item.cost)
 
     resources = plan.config.resources
     try:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from loupe.jobs.cli.atlas import add_atlas_commands
-from loupe.jobs.build_atlas import add_build_arguments, run as run_build
+from loupe.jobs.cli.build import add_build_arguments, run as run_build
 from loupe.jobs.cli.models import add_model_commands
 from loupe.jobs.cli.render import add_render_command
 from loupe.jobs.cli.sample_images import add_sample_images_command
@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done; 1 a build ran but published nothing (failed items, a
+    lost publish race); 2 bad input or an unusable atlas, dataset or model, named in the message,
+    reported before any expensive work (argparse's own usage errors exit 2 as well)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from loupe.storage import StorageError, VersionNotFoundError, list_versions, open_atlas, prune
+from loupe.storage import VersionNotFoundError, list_versions, open_atlas, prune
 
 
 def add_atlas_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +23,7 @@ def add_atlas_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_common(prune_cmd)
     prune_cmd.add_argument("--keep", type=int, required=True, help="how many published versions to keep (>= 1)")
     prune_cmd.add_argument("--drafts", action="store_true",
-                           help="also delete unpublished versions older than the current one")
+                           help="also delete unpublished versions older than the current one (drafts a running build holds are kept)")
     prune_cmd.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     prune_cmd.set_defaults(func=run_prune)
 
@@ -44,49 +43,41 @@ def _size(n: int) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    try:
-        versions = list_versions(args.url, args.storage_options)
-        print(f"atlas {args.url}")
-        if not versions:
-            print("  no versions")
-            return 0
-        print(f"  {'version':<32} {'status':<10} {'created':<21} {'items':>6} {'objects':>8} {'size':>10}")
-        for v in versions:
-            counts = v.counts
-            print(f"  {v.version:<32} {v.status:<10} {v.created_at or '-':<21} {counts.get('items', '-'):>6} "
-                  f"{counts.get('objects', '-'):>8} {_size(counts['bytes']) if 'bytes' in counts else '-':>10}")
-        try:
-            atlas = open_atlas(args.url, version=args.atlas_version, storage_options=args.storage_options)
-        except VersionNotFoundError as exc:
-            print(f"  {exc}")
-            return 0 if args.atlas_version is None else 1
-        manifest = atlas.manifest
-        print(f"version {atlas.version}: code {manifest.get('code_version') or '-'}, "
-              f"config sha256 {(manifest.get('config_sha256') or '-')[:12]}, images {manifest['counts']['images']}")
-        for model in atlas.models():
-            digest = (manifest["models"].get(model) or {}).get("weights_digest", "-")
-            print(f"  model {model} (weights {str(digest)[:16]})")
-            for layer in atlas.layers(model):
-                entry = manifest["layers"][model][layer]
-                kinds = ", ".join(f"{k} {sum(b - a for a, b in r['units'])}" for k, r in sorted(entry["renders"].items()))
-                scan = ", ".join(f"{p} {r['shape'][0]}x{r['shape'][1]}" for p, r in sorted(entry["activations"].items()) if r.get("shape"))
-                tables = ", ".join(sorted(entry["tables"]))
-                print(f"    {layer}: {len(atlas.units(model, layer))} units; renders: {kinds or '-'}; "
-                      f"activations: {scan or '-'}; tables: {tables or '-'}")
-        if args.verify:
-            print(f"verified {atlas.verify()} objects")
+    versions = list_versions(args.url, args.storage_options)
+    print(f"atlas {args.url}")
+    if not versions:
+        print("  no versions")
         return 0
-    except StorageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    print(f"  {'version':<32} {'status':<10} {'created':<21} {'items':>6} {'objects':>8} {'size':>10}")
+    for v in versions:
+        counts = v.counts
+        print(f"  {v.version:<32} {v.status:<10} {v.created_at or '-':<21} {counts.get('items', '-'):>6} "
+              f"{counts.get('objects', '-'):>8} {_size(counts['bytes']) if 'bytes' in counts else '-':>10}")
+    try:
+        atlas = open_atlas(args.url, version=args.atlas_version, storage_options=args.storage_options)
+    except VersionNotFoundError as exc:
+        print(f"  {exc}")
+        return 0 if args.atlas_version is None else 1
+    manifest = atlas.manifest
+    print(f"version {atlas.version}: code {manifest.get('code_version') or '-'}, "
+          f"config sha256 {(manifest.get('config_sha256') or '-')[:12]}, images {manifest['counts']['images']}")
+    for model in atlas.models():
+        digest = (manifest["models"].get(model) or {}).get("weights_digest", "-")
+        print(f"  model {model} (weights {str(digest)[:16]})")
+        for layer in atlas.layers(model):
+            entry = manifest["layers"][model][layer]
+            kinds = ", ".join(f"{k} {sum(b - a for a, b in r['units'])}" for k, r in sorted(entry["renders"].items()))
+            scan = ", ".join(f"{p} {r['shape'][0]}x{r['shape'][1]}" for p, r in sorted(entry["activations"].items()) if r.get("shape"))
+            tables = ", ".join(sorted(entry["tables"]))
+            print(f"    {layer}: {len(atlas.units(model, layer))} units; renders: {kinds or '-'}; "
+                  f"activations: {scan or '-'}; tables: {tables or '-'}")
+    if args.verify:
+        print(f"verified {atlas.verify()} objects")
+    return 0
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    try:
-        deleted = prune(args.url, args.keep, args.storage_options, drafts=args.drafts, dry_run=args.dry_run)
-    except StorageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    deleted = prune(args.url, args.keep, args.storage_options, drafts=args.drafts, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {len(deleted)} version(s)" + "".join(f"\n  {v}" for v in deleted))
     return 0

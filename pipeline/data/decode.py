@@ -5,6 +5,15 @@ This is torchvision's eval recipe (`Resize(resize_size)` on the shorter side, th
 EXIF orientation is applied first, as image viewers do, so crop boxes match what people see.
 A file that cannot become an image raises `ImageDecodeError` with a short reason; callers skip
 it and count it, never fail.
+
+Every Pillow mode becomes 8-bit RGB by one rule (`to_rgb`):
+- 8-bit modes (1, L, P, RGB, CMYK, YCbCr, LAB, HSV, ...) convert with Pillow's own conversion;
+- 16- and 32-bit integer grey (I;16*, I, as 16-bit PNGs open) is scaled from 0..65535 to 0..255
+  (x / 257, rounded), not clipped; values outside 0..65535 are skipped with a reason;
+- 32-bit float grey (F) is read as 0..1 and scaled to 0..255; NaN or values outside 0..1 are
+  skipped with a reason (their range is unknowable);
+- transparency (RGBA, LA, PA, RGBa, La, P or L or RGB with a transparency key) is composited over
+  white, as a browser shows the image on a white page; the alpha channel is not fed to the model.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ def decode_image(data: bytes | None, input_size: int, resize_size: int) -> np.nd
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 ImageOps.exif_transpose(image, in_place=True)
-                rgb = image.convert("RGB")
+                rgb = to_rgb(image)
     except UnidentifiedImageError:
         if _has_image_signature(data):
             raise ImageDecodeError("truncated or corrupt (image header present, contents unreadable)") from None
@@ -46,6 +55,40 @@ def decode_image(data: bytes | None, input_size: int, resize_size: int) -> np.nd
     except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop a scan
         raise ImageDecodeError(f"decoder failed ({type(exc).__name__}: {exc})") from None
     return resize_and_crop(rgb, input_size, resize_size)
+
+
+#: What transparent pixels are composited over.
+BACKGROUND = (255, 255, 255)
+_EIGHT_BIT = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB by the module's rule, or raise ImageDecodeError."""
+    mode = image.mode
+    if mode in _ALPHA or (mode in ("P", "L", "RGB") and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in _EIGHT_BIT:
+        return image.convert("RGB")
+    if mode == "I" or mode.startswith("I;16"):
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageDecodeError(f"{mode} image with values outside 0..65535 (min {values.min()}, max {values.max()})")
+        return _grey((values * 255 + 32767) // 65535)
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if values.size and not np.isfinite(values).all():
+            raise ImageDecodeError("float image with NaN or infinite values")
+        if values.size and (values.min() < 0.0 or values.max() > 1.0):
+            raise ImageDecodeError(f"float image with values outside 0..1 (min {values.min():.4g}, max {values.max():.4g})")
+        return _grey(np.rint(values * 255.0))
+    raise ImageDecodeError(f"unsupported image mode {mode!r}")
+
+
+def _grey(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(values.astype(np.uint8), mode="L").convert("RGB")
 
 
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")

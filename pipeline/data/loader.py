@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from loupe.pipeline.data.decode import ImageDecodeError, decode_image
 from loupe.pipeline.data.errors import DatasetError
 from loupe.pipeline.data.listing import FOLDER, Listing
-from loupe.pipeline.data.sources import filesystem
+from loupe.pipeline.data.sources import filesystem, is_local_filesystem
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,16 @@ class Batch:
         return int(self.positions.shape[0])
 
 
+#: Why a listed file is not read: a symlink (or a path through one) leading out of the dataset.
+OUTSIDE_ROOT = "symlink leading outside the dataset root (not followed)"
+
+
+def _inside_root(path: str, root: str) -> bool:
+    """Whether a local path, with every symlink resolved, still lies inside the dataset root."""
+    real_root = os.path.realpath(root)
+    return os.path.realpath(path).startswith(real_root.rstrip(os.sep) + os.sep)
+
+
 class ImageReader:
     """Fetches the encoded bytes of listing entries; filesystems are opened lazily per process.
 
@@ -101,7 +111,11 @@ class ImageReader:
         if self.listing.kind == FOLDER:
             paths = self.listing.table.column("path").take(local).to_pylist()
             full = [f"{self._root}/{p}" for p in paths]
-            return list(fs.cat_ranges(full, None, None, on_error="return"))
+            if not is_local_filesystem(fs):
+                return list(fs.cat_ranges(full, None, None, on_error="return"))
+            inside = [_inside_root(path, self._root) for path in full]
+            read = iter(fs.cat_ranges([p for p, ok in zip(full, inside) if ok], None, None, on_error="return"))
+            return [next(read) if ok else ImageDecodeError(OUTSIDE_ROOT) for ok in inside]
         files = self.listing.table.column("file").take(local).to_numpy()
         rows = self.listing.table.column("row").take(local).to_numpy()
         out: list[bytes | None | BaseException] = []
@@ -154,6 +168,8 @@ class _BatchDataset(Dataset):
         images, kept, skipped = [], [], []
         for offset, content in zip(local.tolist(), contents):
             try:
+                if isinstance(content, ImageDecodeError):
+                    raise content
                 if isinstance(content, BaseException):
                     raise ImageDecodeError(f"read failed ({type(content).__name__}: {content})")
                 images.append(decode_image(content, self.input_size, self.resize_size))

@@ -36,7 +36,7 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tu
 
 def root_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A URL for `path` that `filesystem` turns back into the same filesystem and path."""
-    if _is_local(fs):
+    if is_local_filesystem(fs):
         return os.path.abspath(path)
     return fs.unstrip_protocol(path)
 
@@ -210,6 +210,6 @@ def _any_image(visible, extensions) -> bool:
     return any(r.lower().endswith(allowed) for _, r in visible)
 
 
-def _is_local(fs) -> bool:
+def is_local_filesystem(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")

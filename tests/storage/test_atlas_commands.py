@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from tests.storage.atlas_samples import write_small
-from loupe.jobs.cli.atlas import add_atlas_commands
+from loupe.jobs.cli import main
 from loupe.storage import AtlasWriter, list_versions
 
 
 def _run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="loupe")
-    add_atlas_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Through the `loupe` command's own entry point, so its error wrapper and exit codes apply."""
+    return main(argv)
 
 
 def _options(target) -> list[str]:
@@ -39,10 +36,10 @@ def test_show_and_prune(target, capsys):
     assert [v.version for v in list_versions(target.url, target.options)] == versions[-1:]
 
 
-def test_errors_exit_nonzero_naming_the_url(tmp_path, capsys):
-    assert _run(["atlas", "prune", str(tmp_path), "--keep", "0"]) == 1
+def test_errors_exit_2_naming_the_url(tmp_path, capsys):
+    assert _run(["atlas", "prune", str(tmp_path), "--keep", "0"]) == 2
     assert "--keep must be a positive integer" in capsys.readouterr().err
-    assert _run(["atlas", "show", "nosuchproto://x/y"]) == 1
+    assert _run(["atlas", "show", "nosuchproto://x/y"]) == 2
     assert "nosuchproto://x/y" in capsys.readouterr().err
     assert _run(["atlas", "show", str(tmp_path / "empty")]) == 0
     assert "no versions" in capsys.readouterr().out

@@ -42,22 +42,31 @@ class BuildSummary:
         return out
 
 
-class Progress:
-    """A tqdm bar over items with a units/s rate; quiet when not attached to a terminal unless asked."""
+#: What a work item's cost counts, by stage (reduce items cost nothing).
+WORK_UNITS = {"render": "units", "scan": "images"}
 
-    def __init__(self, total_items: int, total_cost: int, desc: str, enabled: bool | None = None) -> None:
-        self.total_cost = max(1, total_cost)
-        self.cost_done = 0
+
+class Progress:
+    """A tqdm bar over items, with the rate of each kind of work it does (units rendered per
+    second, images scanned per second); quiet when not attached to a terminal unless asked."""
+
+    def __init__(self, total_items: int, desc: str, enabled: bool | None = None) -> None:
+        self.done: dict[str, int] = {}
         self.started = time.perf_counter()
         self.bar = tqdm(total=total_items, desc=desc, unit="item", file=sys.stderr,
                         disable=enabled is False, dynamic_ncols=True, mininterval=0.5)
 
-    def advance(self, cost: int, label: str = "") -> None:
-        self.cost_done += cost
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        rate = self.cost_done / elapsed
-        self.bar.set_postfix_str(f"{rate:.2f} units/s{(' ' + label) if label else ''}", refresh=False)
+    def advance(self, stage: str, cost: int) -> None:
+        """One item of `stage` finished; `cost` counts its units (render) or images (scan)."""
+        unit = WORK_UNITS.get(stage)
+        if unit is not None:
+            self.done[unit] = self.done.get(unit, 0) + cost
+        self.bar.set_postfix_str(self.rates(), refresh=False)
         self.bar.update(1)
+
+    def rates(self) -> str:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        return ", ".join(f"{count / elapsed:.2f} {unit}/s" for unit, count in sorted(self.done.items()))
 
     def close(self) -> None:
         self.bar.close()

@@ -1,17 +1,15 @@
-"""Entry point of the main job: `python -m loupe.jobs.build_atlas CONFIG` (also `loupe build CONFIG`).
+"""`loupe build CONFIG` (also `python -m loupe build CONFIG`): the main job.
 
-Submit it to a cluster with `ray job submit --working-dir . -- python -m loupe.jobs.build_atlas CONFIG`;
-run it with no cluster address and it starts a local Ray on 127.0.0.1.
+Submit it to a cluster with `ray job submit --working-dir . -- loupe build CONFIG`; run it with
+no cluster address and it starts a local Ray on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from loupe.jobs.build.config import load_config
-from loupe.pipeline.errors import LoupeError
-from loupe.storage.errors import StorageError
+from loupe.jobs.build.config import BuildConfig, load_config
+from loupe.jobs.build.resolve import ResolvedModel
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,9 +29,7 @@ def run(args: argparse.Namespace) -> int:
         from loupe.jobs.build.resolve import resolve_build
 
         models = resolve_build(config, with_weights=False, device="cpu")
-        layers = sum(len(m.layers) for m in models)
-        units = sum(len(layer.units) for m in models for layer in m.layers)
-        print(f"config {args.config} is valid: {len(models)} model(s), {layers} layer(s), {units} unit(s)")
+        print(f"config {args.config} is valid: {describe_work(config, models)}")
         return 0
 
     from loupe.jobs.build import run_build
@@ -50,16 +46,24 @@ def run(args: argparse.Namespace) -> int:
     return 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loupe.jobs.build_atlas", description=__doc__.splitlines()[0])
-    add_build_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (LoupeError, StorageError) as exc:
-        print(f"loupe: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def describe_work(config: BuildConfig, models: list[ResolvedModel]) -> str:
+    """What a build renders and what it scans, counted separately: `units:` limits renders only,
+    while a scan measures every channel of each layer."""
+    layers = sum(len(m.layers) for m in models)
+    per_kind: dict[str, int] = {}
+    images = 0
+    for model in models:
+        for layer in model.layers:
+            for kind, settings in layer.render.items():
+                per_kind[kind] = per_kind.get(kind, 0) + len(layer.units)
+                images += len(layer.units) * (settings.images_per_unit if kind == "diversity" else 1)
+    rendered = max(per_kind.values(), default=0)
+    kinds = ", ".join(f"{kind} {count}" for kind, count in per_kind.items())
+    renders = (f"renders {rendered} unit(s) in {len(per_kind)} kind(s) ({kinds}; {images} images)"
+               if per_kind else "renders nothing")
+    if config.scan is not None and config.scan.enabled:
+        scanned = sum(layer.info.channels for m in models for layer in m.layers)
+        scan = f"scans all {scanned} channel(s) of those layers over {config.scan.dataset.url}"
+    else:
+        scan = "scans nothing"
+    return f"{len(models)} model(s), {layers} layer(s); {renders}; {scan}"
