@@ -30,6 +30,20 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def check_relative_path(path: object, where: str) -> str:
+    """A path read from a manifest or checksum list must stay inside its version folder.
+
+    Refuses absolute paths, '..', '.', empty segments, backslashes and URLs, so a planted
+    manifest can never make a reader open something outside the atlas.
+    """
+    bad = (not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "://" in path
+           or any(part in ("", ".", "..") for part in path.split("/")))
+    if bad:
+        raise StorageError(f"{where} names an unsafe path {path!r}: paths must be relative, inside the "
+                           "version folder, without '..' or '.' segments", url=where)
+    return path
+
+
 def new_version_id(now: float | None = None) -> str:
     """A version id that sorts by creation time and is unique across concurrent builds."""
     now = time.time() if now is None else now

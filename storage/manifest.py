@@ -164,10 +164,48 @@ def _summarize_layers(layers: dict[str, dict[str, dict]], arrays_out: dict[str, 
 
 
 def parse(data: bytes, where: str) -> dict:
+    """A manifest read back from storage, with every path it names checked to stay inside the version."""
     try:
         manifest = json.loads(data)
     except ValueError as exc:
         raise StorageError(f"unreadable manifest {where}: {exc}", url=where) from exc
-    if manifest.get("format") != layout.FORMAT:
-        raise StorageError(f"{where} is not a Loupe atlas manifest (format {manifest.get('format')!r})", url=where)
+    if not isinstance(manifest, dict) or manifest.get("format") != layout.FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise StorageError(f"{where} is not a Loupe atlas manifest (format {found!r})", url=where)
+    try:
+        for path in _named_paths(manifest):
+            layout.check_relative_path(path, f"manifest {where}")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise StorageError(f"malformed manifest {where}: {type(exc).__name__}: {exc}", url=where) from exc
     return manifest
+
+
+def _named_paths(manifest: dict) -> Iterable[object]:
+    """Every object path a manifest names: arrays, render and activation arrays, tables, checksums."""
+    yield manifest["checksums"]["path"]
+    yield from manifest.get("arrays", {})
+    yield from manifest.get("images_tables", {})
+    for by_layer in manifest.get("layers", {}).values():
+        for entry in by_layer.values():
+            for render in entry.get("renders", {}).values():
+                yield render["array"]
+                yield render["objective"]
+            for pooled in entry.get("activations", {}).values():
+                yield pooled["array"]
+            for files in entry.get("tables", {}).values():
+                yield from files
+
+
+def parse_checksums(data: bytes, where: str) -> dict[str, dict]:
+    """checksums.json read back from storage: {path: {sha256, size}}, every path checked."""
+    try:
+        sums = json.loads(data)
+    except ValueError as exc:
+        raise StorageError(f"unreadable checksum list {where}: {exc}", url=where) from exc
+    if not isinstance(sums, dict):
+        raise StorageError(f"checksum list {where} is not a mapping", url=where)
+    for path, entry in sums.items():
+        layout.check_relative_path(path, f"checksum list {where}")
+        if not isinstance(entry, dict) or "sha256" not in entry:
+            raise StorageError(f"checksum list {where}: entry for {path!r} has no sha256", url=where)
+    return sums

@@ -4,11 +4,16 @@ Opening costs two requests (pointer, manifest). The manifest carries every array
 a unit's render costs two ranged GETs (shard index, then the unit's chunk) and a layer's grid one
 GET per shard. Whole objects (tables) are verified against their recorded SHA-256; chunk reads are
 verified by the CRC32C that every stored chunk and shard index carries.
+
+A read never mistakes missing or mis-served bytes for data: an object the version's checksum list
+names but the store lacks raises `MissingObjectError` naming it (zarr alone would return fill
+values), and a CRC failure of a ranged read re-reads the objects involved whole against their
+SHA-256, to tell a store that serves byte ranges wrongly (`RangeReadError`) from an object that is
+really corrupt (`ChecksumError`).
 """
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from typing import Any, Mapping
 
@@ -19,6 +24,7 @@ import zarr
 
 from loupe.storage import arrays, checksums, layout, manifest as manifests, publish, renders, tables
 from loupe.storage.errors import ChecksumError, StorageError, VersionNotFoundError
+from loupe.storage.guarded_store import ManifestGuardedStore
 from loupe.storage.objects import ObjectStore
 from loupe.storage.urls import resolve
 
@@ -93,12 +99,21 @@ class Atlas:
 
     # ---- arrays -------------------------------------------------------------------------
     @cached_property
-    def _zarr_store(self) -> Any:
+    def _zarr_store(self) -> ManifestGuardedStore:
         location = self.store.location
         root = location.url_of(layout.version_dir(self.version))
         if location.is_local:
-            return zarr.storage.LocalStore(location.path(layout.version_dir(self.version)), read_only=True)
-        return zarr.storage.FsspecStore.from_url(root, storage_options=dict(location.options), read_only=True)
+            base = zarr.storage.LocalStore(location.path(layout.version_dir(self.version)), read_only=True)
+        else:
+            base = zarr.storage.FsspecStore.from_url(root, storage_options=dict(location.options), read_only=True)
+        return ManifestGuardedStore(base, lambda key: key in self._checksums, self._object_url)
+
+    @cached_property
+    def _checksums(self) -> dict[str, dict]:
+        """{path in version: {sha256, size}} for every object (one GET, verified, read on demand)."""
+        info = self.manifest["checksums"]
+        rel = f"{layout.version_dir(self.version)}/{info['path']}"
+        return manifests.parse_checksums(self.store.get(rel, expected=info), self.store.location.url_of(rel))
 
     def array(self, path: str) -> zarr.Array:
         """A stored Zarr array of this version by its path in the version (e.g. 'renders/m/l/channel.zarr')."""
@@ -113,14 +128,35 @@ class Atlas:
         return self.store.location.url_of(f"{layout.version_dir(self.version)}/{path}")
 
     def _read(self, array: zarr.Array, path: str, selection: Any, object_key: str | None) -> np.ndarray:
+        self._zarr_store.start_tracking()
         try:
             return array[selection]
+        except StorageError:
+            raise
         except Exception as exc:
             url = self._object_url(f"{path}/{object_key}" if object_key else path)
             text = str(exc)
             if "checksum" in text.lower() or "crc" in text.lower():
-                raise ChecksumError(f"checksum mismatch in {url}: {text}", url=url) from exc
+                raise self._diagnose_checksum_failure(self._zarr_store.touched(), url, text) from exc
             raise StorageError(f"cannot read {url}: {type(exc).__name__}: {text}", url=url) from exc
+
+    def _diagnose_checksum_failure(self, touched: list[str], url: str, text: str) -> StorageError:
+        """Re-read the objects a failed ranged read touched, whole, against their SHA-256."""
+        listed = [key for key in touched if key in self._checksums]
+        for key in listed:
+            try:
+                self.store.get(f"{layout.version_dir(self.version)}/{key}", expected=self._checksums[key])
+            except ChecksumError as exc:
+                return ChecksumError(f"corrupt object {self._object_url(key)}: its bytes do not match the version's "
+                                     f"checksum list ({exc})", url=self._object_url(key))
+        if listed:
+            where = ", ".join(self._object_url(key) for key in listed)
+            return RangeReadError(
+                f"the store served wrong bytes for a byte-range read of {where}: the chunk failed its CRC32C "
+                f"({text}), yet the whole object matches its SHA-256, so the atlas is intact and the store "
+                "(or a proxy in front of it) mis-serves range requests; fix the store or read through one "
+                "that serves ranges correctly", url=self._object_url(listed[0]))
+        return ChecksumError(f"checksum mismatch in {url}: {text}", url=url)
 
     def _check_unit(self, entry: dict, unit: int, what: str) -> None:
         if not any(start <= unit < stop for start, stop in entry["units"]):
@@ -153,12 +189,12 @@ class Atlas:
         value = self._read(self.array(entry["objective"]), entry["objective"], int(unit), None)
         return float(value) if np.ndim(value) == 0 else value
 
-    def activations(self, model: str, layer: str, pooling: str = "max") -> zarr.Array:
-        """Pooled scan activations (images x channels) as a lazily read Zarr array."""
+    def activations(self, model: str, layer: str, pooling: str = "max") -> "LazyArray":
+        """Pooled scan activations (images x channels), read lazily: index it like a numpy array."""
         entry = self._layer(model, layer)["activations"].get(pooling)
         if entry is None:
             raise StorageError(f"atlas {self.url}: no {pooling!r} activations for {model}/{layer}")
-        return self.array(entry["array"])
+        return LazyArray(self, entry["array"])
 
     # ---- tables -------------------------------------------------------------------------
     def _table_files(self, files: Mapping[str, dict]) -> pa.Table | None:
@@ -209,9 +245,7 @@ class Atlas:
     # ---- integrity ----------------------------------------------------------------------
     def verify(self) -> int:
         """Read every object of this version whole and check its SHA-256; returns the count checked."""
-        info = self.manifest["checksums"]
-        rel = f"{layout.version_dir(self.version)}/{info['path']}"
-        sums = json.loads(self.store.get(rel, expected=info))
+        sums = self._checksums
         paths = sorted(sums)
         for start in range(0, len(paths), 256):
             batch = paths[start:start + 256]
@@ -219,3 +253,38 @@ class Atlas:
             for path in batch:
                 checksums.verify(got[f"{layout.version_dir(self.version)}/{path}"], sums[path], self._object_url(path))
         return len(paths)
+
+
+class RangeReadError(StorageError):
+    """The store answered a byte-range request with the wrong bytes; the stored object is intact."""
+
+
+class LazyArray:
+    """A stored array read on demand through the atlas's guarded reads (missing objects and
+    mis-served ranges are reported as such, never returned as fill values)."""
+
+    def __init__(self, atlas: Atlas, path: str) -> None:
+        self._atlas = atlas
+        self.path = path
+        self.zarr = atlas.array(path)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.zarr.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.zarr.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        return self._atlas._read(self.zarr, self.path, selection, None)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        values = self[...]
+        return values if dtype is None else values.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"LazyArray({self.path!r}, shape={self.shape}, dtype={self.dtype})"
