@@ -65,11 +65,11 @@ def speed(args) -> dict:
     if args.images < len(listing):
         listing = listing.slice(0, args.images)
     size, resize = model.preprocessing.input_size, model.preprocessing.resize_size
-    print(f"{model.describe()}\n{len(listing)} images, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+    print(f"{model.describe()}\n{len(listing)} images, batch {args.images_per_batch}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     started = time.perf_counter()
-    batches = list(iter_batches(listing, size, resize, options=LoaderOptions(args.batch_size, workers=2)))
+    batches = list(iter_batches(listing, size, resize, options=LoaderOptions(args.images_per_batch, workers=2)))
     print(f"decoded once in {time.perf_counter() - started:.1f}s")
     scanner = Scanner(model, LAYERS, ScanOptions(k=16, pooled=False))
     probe = timed(lambda: scanner.receptive_fields)
@@ -85,7 +85,7 @@ def speed(args) -> dict:
 
     def scan(which: Scanner, sink=None):
         def run() -> None:
-            which.scan(batches, listing, on_chunk=sink, pad_to=args.batch_size)
+            which.scan(batches, listing, on_chunk=sink, pad_to=args.images_per_batch)
 
         return run
 
@@ -105,7 +105,7 @@ def speed(args) -> dict:
 
     for workers in (1, 2):
         duration = timed(lambda: scan_dataset(model, listing, pooled_scanner,
-                                              loader=LoaderOptions(args.batch_size, workers=workers),
+                                              loader=LoaderOptions(args.images_per_batch, workers=workers),
                                               on_chunk=lambda chunk: None))
         print(f"end to end with {workers} decoding worker(s): {len(listing) / duration:.1f} images/s "
               f"({duration:.1f}s, decoding + scan + pooled activations)")
@@ -134,7 +134,7 @@ def reset_peak() -> bool:
         return False
 
 
-def memory(count: int, batch_size: int) -> dict:
+def memory(count: int, images_per_batch: int) -> dict:
     """Scan `count` images in this process; report peak resident memory of the scan itself."""
     model = load()
     listing = repeated(list_images(str(DATASET)), count)
@@ -144,11 +144,11 @@ def memory(count: int, batch_size: int) -> dict:
     reset = reset_peak()
     size, resize = model.preprocessing.input_size, model.preprocessing.resize_size
     with torch.inference_mode():
-        for batch in iter_batches(listing.slice(0, 2 * batch_size), size, resize, options=LoaderOptions(batch_size, 0)):
+        for batch in iter_batches(listing.slice(0, 2 * images_per_batch), size, resize, options=LoaderOptions(images_per_batch, 0)):
             model(batch.images.float().div_(255.0))
     forward_peak = peak_rss_mb()
     reset_peak()
-    result = scan_dataset(model, listing, scanner, loader=LoaderOptions(batch_size, workers=2),
+    result = scan_dataset(model, listing, scanner, loader=LoaderOptions(images_per_batch, workers=2),
                           on_chunk=lambda chunk: None)
     return {
         "images": count,
@@ -164,7 +164,7 @@ def memory(count: int, batch_size: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000, help="images for the speed runs (default: all 1000)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--images-per-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="alternating (a)/(b) rounds; best of each is compared")
     parser.add_argument("--memory-images", default="1000,4000", help="image counts for the memory runs ('' to skip)")
     parser.add_argument("--threads", type=int, default=None,
@@ -178,7 +178,7 @@ def main() -> int:
               "datasets/imagenet-sample; set LOUPE_SHARED to point at it)")
         return 0
     if args.memory_run is not None:
-        print(json.dumps(memory(args.memory_run, args.batch_size)))
+        print(json.dumps(memory(args.memory_run, args.images_per_batch)))
         return 0
 
     speed(args)
@@ -186,7 +186,7 @@ def main() -> int:
     reports = []
     for count in counts:
         child = subprocess.run(
-            [sys.executable, __file__, "--memory-run", str(count), "--batch-size", str(args.batch_size),
+            [sys.executable, __file__, "--memory-run", str(count), "--images-per-batch", str(args.images_per_batch),
              *(["--threads", str(args.threads)] if args.threads else [])],
             capture_output=True, text=True, check=True,
         )

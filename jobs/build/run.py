@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from loupe.jobs.build import execute, scan_items
+from loupe.jobs.build import execute, scan_plan, shared_state
 from loupe.jobs.build.config import BuildConfig
 from loupe.jobs.build.plan import CODE_VERSIONS, WorkItem, model_identity, plan_renders
 from loupe.jobs.build.progress import BuildSummary, Progress
@@ -65,12 +65,12 @@ def make_plan(config: BuildConfig, *, device: str | None = None) -> BuildPlan:
     models = resolve_build(config, with_weights=True, device=device)
     check_writable(config.atlas.url, config.atlas.storage_options)
     require_conditional_writes(ObjectStore(resolve(config.atlas.url, config.atlas.storage_options)))
-    listing = scan_items.list_dataset(config.scan) if config.scan and config.scan.enabled else None
+    listing = scan_plan.list_dataset(config.scan) if config.scan and config.scan.enabled else None
     items: dict[str, list[WorkItem]] = {}
     for index, model in enumerate(models):
         planned = plan_renders(model)
         if listing is not None:
-            planned += scan_items.plan_scan(model, config.scan, listing, write_images=index == 0)
+            planned += scan_plan.plan_scan(model, config.scan, listing, write_images=index == 0)
         items[model.id] = planned
     return BuildPlan(config, models, items, listing)
 
@@ -179,12 +179,12 @@ def _runner_args(plan: BuildPlan, model: ResolvedModel, writer: AtlasWriter, ite
         "atlas_url": config.atlas.url,
         "version": writer.version,
         "storage_options": config.atlas.storage_options,
-        "scan_context": scan_items.scan_context(config.scan, plan.listing),
+        "scan_context": scan_plan.scan_context(config.scan, plan.listing),
     }
     if any(item.stage == "scan" for item in items):
         # Crop boxes depend only on the architecture: probe once here and share them through
         # storage, not once per actor.
-        args["scan_context"]["receptive_fields"] = scan_items.save_receptive_fields(writer, model)
+        args["scan_context"]["receptive_fields"] = shared_state.save_receptive_fields(writer, model)
     return args
 
 
@@ -263,4 +263,4 @@ def _declare_arrays(writer: AtlasWriter, plan: BuildPlan) -> None:
                     samples=settings.images_per_unit if kind == "diversity" else None,
                 )
         if plan.listing is not None:
-            scan_items.declare_scan_arrays(writer, model, plan.config.scan, plan.listing)
+            scan_plan.declare_scan_arrays(writer, model, plan.config.scan, plan.listing)

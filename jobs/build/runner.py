@@ -53,7 +53,7 @@ class ItemRunner:
         if item.stage == "render":
             extra = self._render(item)
         else:
-            from loupe.jobs.build.scan_items import run_scan_stage
+            from loupe.jobs.build.scan_stage import run_scan_stage
 
             extra = run_scan_stage(self, item)
         return {"key": item.key, "status": "done", "cost": item.cost,

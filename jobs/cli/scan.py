@@ -32,7 +32,7 @@ def add_scan_command(subparsers) -> None:
     parser.add_argument("dataset", help="folder or prefix of images, or Parquet table(s); local path or fsspec URL")
     parser.add_argument("--layers", required=True, help="comma-separated layer names (see `loupe layers`)")
     parser.add_argument("--k", type=int, default=16, help="top and bottom examples kept per unit (default 16)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    parser.add_argument("--images-per-batch", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2; 0 = none)")
     parser.add_argument("--limit", type=int, default=None, help="scan only the first N images of the listing")
     parser.add_argument("--input-range", default=None, metavar="LOW,HIGH",
@@ -54,7 +54,7 @@ def run_scan(args: argparse.Namespace) -> int:
         raise LoupeError("--layers names no layer (e.g. --layers features.10,features.14)")
     storage_options = _storage_options(args.storage_options)
     options = ScanOptions(k=args.k, pooled=False)
-    loader = LoaderOptions(batch_size=args.batch_size, workers=args.workers)
+    loader = LoaderOptions(images_per_batch=args.images_per_batch, workers=args.workers)
     model = _load(args)
     scanner = Scanner(model, layers, options)  # unknown layers fail here, before listing a bucket
     listing = list_images(args.dataset, storage_options=storage_options, format=args.format,

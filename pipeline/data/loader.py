@@ -27,13 +27,13 @@ from loupe.pipeline.data.sources import filesystem, is_local_filesystem
 class LoaderOptions:
     """How images are fed: batch size, decoding worker processes (0 = decode in this process)."""
 
-    batch_size: int = 64
+    images_per_batch: int = 64  # images decoded and fed to the model together
     workers: int = 2
     prefetch_batches: int = 2
     multiprocessing_context: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "prefetch_batches"):
+        for name in ("images_per_batch", "prefetch_batches"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise DatasetError(f"loader.{name} must be a positive integer, got {value!r}")
@@ -204,7 +204,7 @@ def iter_batches(
     pin_memory: bool = False,
 ) -> Iterator[Batch]:
     """Decoded batches of `listing` in order; bad images come back in `Batch.skipped`."""
-    dataset = _BatchDataset(listing, input_size, resize_size, options.batch_size, storage_options)
+    dataset = _BatchDataset(listing, input_size, resize_size, options.images_per_batch, storage_options)
     workers = min(options.workers, len(dataset))
     loader = DataLoader(
         dataset,

@@ -39,4 +39,4 @@ def scan_dataset(
         storage_options=storage_options,
         pin_memory=scanner.model.device.type == "cuda",
     )
-    return scanner.scan(batches, listing, on_chunk=on_chunk, on_progress=on_progress, pad_to=loader.batch_size)
+    return scanner.scan(batches, listing, on_chunk=on_chunk, on_progress=on_progress, pad_to=loader.images_per_batch)

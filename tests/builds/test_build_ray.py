@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from loupe.jobs.build import run_build
 from loupe.jobs.build.config import parse_config

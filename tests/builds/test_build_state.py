@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loupe.jobs.build import scan_items
+from loupe.jobs.build import scan_stage
 from loupe.jobs.build import run_build
 from loupe.jobs.build.config import parse_config
 from loupe.jobs.build.resolve import build_model
@@ -88,18 +88,18 @@ def test_a_planted_or_corrupted_scan_partial_fails_the_reduce(tmp_path, images, 
     def no_reduce(runner, item):
         raise OSError("simulated crash before the reduce")
 
-    monkeypatch.setattr(scan_items, "_run_reduce", no_reduce)
+    monkeypatch.setattr(scan_stage, "_run_reduce", no_reduce)
     first = build(scan_only(str(url), images))
     assert not first.published and len(first.failed) == 1
     monkeypatch.undo()
     version = url / "versions" / first.version
-    [partial, *_] = sorted(version.glob(f"partials/scan-*/{scan_items.PARTIAL}"))
+    [partial, *_] = sorted(version.glob(f"partials/scan-*/{scan_stage.PARTIAL}"))
     if damage == "pickle":  # the attacker also rewrites the checksum in the item's completion record
         payload = planted_pickle(marker)
         partial.write_bytes(payload)
         record_path = version / "items" / f"{partial.parent.name}.json"
         record = json.loads(record_path.read_text())
-        record["objects"][f"partials/{partial.parent.name}/{scan_items.PARTIAL}"] = entry(payload)
+        record["objects"][f"partials/{partial.parent.name}/{scan_stage.PARTIAL}"] = entry(payload)
         record_path.write_bytes(canonical_json(record))
     else:
         flip_byte(partial)
@@ -119,7 +119,7 @@ def test_build_tables_equal_one_direct_scan_pass(tmp_path, images):
     parsed = parse_config(config)
     model = build_model(parsed.models[0], with_weights=True)
     direct = scan_dataset(model, list_images(str(images)), Scanner(model, list(LAYERS), ScanOptions(k=3)),
-                          loader=LoaderOptions(batch_size=parsed.scan.images_per_batch, workers=0))
+                          loader=LoaderOptions(images_per_batch=parsed.scan.images_per_batch, workers=0))
     atlas = open_atlas(str(url))
     for layer in LAYERS:
         for stored, expected, order in (

@@ -28,7 +28,7 @@ def test_links_out_of_the_root_are_skipped_and_links_inside_are_scanned(tmp_path
     os.symlink(outside / "folder", root / "escaped-folder")
 
     listing = list_images(str(root))
-    batches = list(iter_batches(listing, 8, 8, options=LoaderOptions(batch_size=4, workers=0)))
+    batches = list(iter_batches(listing, 8, 8, options=LoaderOptions(images_per_batch=4, workers=0)))
     scanned = sorted(listing.ids(np.concatenate([b.positions for b in batches]) - listing.start))
     skipped = {s.image_id: s.reason for b in batches for s in b.skipped}
 

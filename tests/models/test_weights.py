@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from loupe.pipeline.errors import ModelSourceError, WeightsError
+from loupe.pipeline.errors import WeightsError
 from loupe.pipeline.models import load_model
 
 SOURCE = "torchvision:resnet18"

@@ -28,7 +28,7 @@ def test_pooled_and_spatial_chunks_match_the_activations(listing):
     shard = listing.slice(3, 38)  # starts mid-chunk: its first chunk is partial
     chunks = ChunkCollector()
     options = ScanOptions(k=3, chunk_images=8, spatial_layers=("clamp",), spatial_chunk_images=5)
-    scan_dataset(model, shard, LAYERS, options=options, loader=LoaderOptions(batch_size=6, workers=0),
+    scan_dataset(model, shard, LAYERS, options=options, loader=LoaderOptions(images_per_batch=6, workers=0),
                  on_chunk=chunks)
     pooled = [(c.start, c.stop) for c in chunks.chunks if c.layer == "conv1" and c.kind == "max"]
     assert pooled == [(3, 8), (8, 16), (16, 24), (24, 32), (32, 38)]
@@ -37,7 +37,7 @@ def test_pooled_and_spatial_chunks_match_the_activations(listing):
 
     expected = {name: {} for name in LAYERS}
     with capture(model, LAYERS) as cap, torch.no_grad():
-        for batch in iter_batches(shard, SIZE, SIZE, options=LoaderOptions(batch_size=64, workers=0)):
+        for batch in iter_batches(shard, SIZE, SIZE, options=LoaderOptions(images_per_batch=64, workers=0)):
             for name, value in cap.run(batch.images.float() / 255).items():
                 for position, row in zip(batch.positions.tolist(), value):
                     expected[name][position] = row
@@ -58,7 +58,7 @@ def test_pooled_and_spatial_chunks_match_the_activations(listing):
 def test_without_a_sink_no_chunks_and_bad_options_fail_early(listing):
     model = tiny_model(SIZE)
     result = scan_dataset(model, listing, ["conv1"], options=ScanOptions(k=2),
-                          loader=LoaderOptions(batch_size=16, workers=0))
+                          loader=LoaderOptions(images_per_batch=16, workers=0))
     assert result.scanned == 37
     with pytest.raises(ScanError, match="spatial_layers"):
         Scanner(model, ["conv1"], ScanOptions(spatial_layers=("conv3",)))

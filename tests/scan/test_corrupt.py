@@ -38,7 +38,7 @@ def examples_by_id(result):
 @pytest.fixture(scope="module")
 def clean_result(tmp_path_factory, model, scanner, good):
     folder = write_folder(tmp_path_factory.mktemp("clean"), good)
-    return scan_dataset(model, str(folder), scanner, loader=LoaderOptions(batch_size=8, workers=0))
+    return scan_dataset(model, str(folder), scanner, loader=LoaderOptions(images_per_batch=8, workers=0))
 
 
 def check_skips(result, bad_names):
@@ -60,7 +60,7 @@ def test_corrupt_files_in_a_folder_are_skipped_and_reported_with_worker_processe
     bad = corrupt_files()
     folder = write_folder(tmp_path / "mixed", {**good, **bad})
     collector = ChunkCollector()
-    result = scan_dataset(model, str(folder), scanner, loader=LoaderOptions(batch_size=8, workers=2),
+    result = scan_dataset(model, str(folder), scanner, loader=LoaderOptions(images_per_batch=8, workers=2),
                           on_chunk=collector)
     check_skips(result, bad)
     assert examples_by_id(result) == examples_by_id(clean_result)
@@ -76,7 +76,7 @@ def test_corrupt_rows_in_a_parquet_table_are_skipped_and_reported(tmp_path, mode
     bad = {**corrupt_files(), "bad_null": None}
     path = write_parquet(tmp_path / "table.parquet", {**good, **bad}, row_group_size=7)
     listing = list_images(str(path), id_column="name")
-    result = scan_dataset(model, listing, scanner, loader=LoaderOptions(batch_size=8, workers=0))
+    result = scan_dataset(model, listing, scanner, loader=LoaderOptions(images_per_batch=8, workers=0))
     check_skips(result, bad)
     assert {s.image_id: s.reason for s in result.skipped}["bad_null"] == "empty file"
     assert examples_by_id(result) == examples_by_id(clean_result)
@@ -84,7 +84,7 @@ def test_corrupt_rows_in_a_parquet_table_are_skipped_and_reported(tmp_path, mode
 
 def test_a_dataset_with_only_bad_images_scans_nothing_but_does_not_fail(tmp_path, model, scanner):
     folder = write_folder(tmp_path / "bad", corrupt_files())
-    result = scan_dataset(model, str(folder), scanner, loader=LoaderOptions(batch_size=4, workers=0))
+    result = scan_dataset(model, str(folder), scanner, loader=LoaderOptions(images_per_batch=4, workers=0))
     assert result.scanned == 0 and len(result.skipped) == 6
     assert result.examples_table().num_rows == 0
     assert (result.layers["conv1"].images == 0).all()

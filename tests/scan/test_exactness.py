@@ -46,7 +46,7 @@ def scanner(model):
 
 @pytest.fixture(scope="module")
 def single_pass(scanner, dataset, model):
-    return scan_dataset(model, dataset, scanner, loader=LoaderOptions(batch_size=BATCH, workers=0))
+    return scan_dataset(model, dataset, scanner, loader=LoaderOptions(images_per_batch=BATCH, workers=0))
 
 
 def brute_force(model, listing):
@@ -54,7 +54,7 @@ def brute_force(model, listing):
     acts = {name: [] for name in LAYERS}
     positions = []
     with capture(model, LAYERS) as cap, torch.no_grad():
-        for batch in iter_batches(listing, SIZE, SIZE, options=LoaderOptions(batch_size=BATCH, workers=0)):
+        for batch in iter_batches(listing, SIZE, SIZE, options=LoaderOptions(images_per_batch=BATCH, workers=0)):
             values = cap.run(batch.images.float() / 255)
             for name in LAYERS:
                 acts[name].append(values[name].flatten(2).numpy())
@@ -116,14 +116,14 @@ def test_statistics_equal_brute_force(model, dataset, single_pass):
 
 def test_finding_positions_for_all_images_or_only_candidates_gives_the_same_result(model, dataset, single_pass):
     everywhere = scan_dataset(model, dataset, LAYERS, options=ScanOptions(k=K, position_search="all"),
-                              loader=LoaderOptions(batch_size=BATCH, workers=0))
+                              loader=LoaderOptions(images_per_batch=BATCH, workers=0))
     assert everywhere.equals(single_pass)
 
 
 def test_merging_shards_in_any_order_equals_the_single_pass(scanner, model, dataset, single_pass):
     shards = dataset.shards(4, align=BATCH)
     assert [len(s) for s in shards] and sum(len(s) for s in shards) == len(dataset)
-    results = [scan_dataset(model, s, scanner, loader=LoaderOptions(batch_size=BATCH, workers=0)) for s in shards]
+    results = [scan_dataset(model, s, scanner, loader=LoaderOptions(images_per_batch=BATCH, workers=0)) for s in shards]
     for order in itertools.permutations(range(4)):
         assert merge_results(results[i] for i in order).equals(single_pass), order
     a, b, c, d = results
@@ -136,7 +136,7 @@ def _same_state(a: dict, b: dict) -> bool:
 
 
 def test_each_statistic_merged_from_its_plain_state_equals_the_direct_merge(scanner, model, dataset, single_pass):
-    first, second = (scan_dataset(model, s, scanner, loader=LoaderOptions(batch_size=BATCH, workers=0))
+    first, second = (scan_dataset(model, s, scanner, loader=LoaderOptions(images_per_batch=BATCH, workers=0))
                      for s in dataset.shards(2, align=BATCH))
 
     def via_state(cls, a, b):
@@ -185,7 +185,7 @@ def test_topk_added_in_parts_and_merged_from_plain_state_equals_one_topk():
 def test_shards_not_aligned_to_batches_still_merge_exactly(scanner, model, dataset, single_pass):
     """Short batches are padded to the batch shape, so activations never depend on shard boundaries."""
     shards = [dataset.slice(0, 45), dataset.slice(45, 46), dataset.slice(46, 200), dataset.slice(200, len(dataset))]
-    results = [scan_dataset(model, s, scanner, loader=LoaderOptions(batch_size=BATCH, workers=0)) for s in shards]
+    results = [scan_dataset(model, s, scanner, loader=LoaderOptions(images_per_batch=BATCH, workers=0)) for s in shards]
     assert merge_results(reversed(results)).equals(single_pass)
 
 
@@ -207,13 +207,13 @@ def test_results_are_compact_plain_arrays_and_guard_against_double_merges(scanne
     assert ScanResult.from_state(_from_npz(blob)).equals(single_pass)
     assert len(blob) < 80_000
     first = scan_dataset(model, dataset.shard(2, 0, align=BATCH), scanner,
-                         loader=LoaderOptions(batch_size=BATCH, workers=0))
+                         loader=LoaderOptions(images_per_batch=BATCH, workers=0))
     with pytest.raises(MergeError, match="overlap"):
         first.merge(first)
     other = tiny_model(SIZE, seed=1)
     with pytest.raises(MergeError, match="weights_digest"):
         first.merge(scan_dataset(other, dataset.shard(2, 1, align=BATCH), LAYERS, options=ScanOptions(k=K),
-                                 loader=LoaderOptions(batch_size=BATCH, workers=0)))
+                                 loader=LoaderOptions(images_per_batch=BATCH, workers=0)))
 
 
 def test_arrow_tables_hold_every_example_and_unit(single_pass):
@@ -250,10 +250,10 @@ def test_token_layers_scan_exactly_with_per_token_boxes(dataset):
                                     device="cpu")
     assert model.catalog["proj"].layout == "NLC"
     result = scan_dataset(model, dataset, ["proj"], options=ScanOptions(k=K),
-                          loader=LoaderOptions(batch_size=BATCH, workers=0))
+                          loader=LoaderOptions(images_per_batch=BATCH, workers=0))
     values, positions = [], []
     with capture(model, ["proj"]) as cap, torch.no_grad():
-        for batch in iter_batches(dataset, SIZE, SIZE, options=LoaderOptions(batch_size=BATCH, workers=0)):
+        for batch in iter_batches(dataset, SIZE, SIZE, options=LoaderOptions(images_per_batch=BATCH, workers=0)):
             values.append(cap.run(batch.images.float() / 255)["proj"].numpy())
             positions.append(batch.positions)
     tokens, positions = np.concatenate(values), np.concatenate(positions)  # (N, 25, 3)

@@ -19,7 +19,7 @@ def test_logit_units_rank_their_own_class_photo_first(shared_dir):
     assert len(listing) == 1000 and listing.ignored == 1  # README.md beside the photos
     sample = listing.slice(0, 100)  # classes 0..99, one photo each
     result = scan_dataset(model, sample, ["logits", "features.14"], options=ScanOptions(k=3),
-                          loader=LoaderOptions(batch_size=50, workers=2))
+                          loader=LoaderOptions(images_per_batch=50, workers=2))
     logits = result.layers["logits"]
     own_class_first = sum(
         int(result.image_ids[int(logits.top.image_index[unit, 0])][:4]) == unit for unit in range(100)

@@ -106,7 +106,7 @@ def test_scan_attaches_the_analytic_crop_box_to_the_strongest_position(tmp_path)
     model = LoadedModel.from_module(Spot(), preprocessing=Preprocessing(mean=(0, 0, 0), std=(1, 1, 1),
                                     input_size=size, resize_size=size), device="cpu")
     result = scan_dataset(model, list_images(str(tmp_path / "spots")), ["pool"], options=ScanOptions(k=3),
-                          loader=LoaderOptions(batch_size=4, workers=0))
+                          loader=LoaderOptions(images_per_batch=4, workers=0))
     rows = [r for r in result.examples_table().to_pylist() if r["kind"] == "top"]
     assert [r["image_id"] for r in rows] == ["a_inside.png", "b_corner.png", "c_edge.png"]
     # pooled (py, px) covers conv rows 2py..2py+1, whose 5x5 windows span input rows 2py-2 .. 2py+3

@@ -33,7 +33,7 @@ def test_s3_prefix_scans_like_the_local_folder(tmp_path, files, s3_options, s3_b
     upload(s3_options, s3_bucket, "datasets/photos", files)
     model = tiny_model(SIZE)
     scanner = Scanner(model, LAYERS, ScanOptions(k=4))
-    loader = LoaderOptions(batch_size=8, workers=0)
+    loader = LoaderOptions(images_per_batch=8, workers=0)
 
     remote_listing = list_images(f"s3://{s3_bucket}/datasets/photos/val/", storage_options=s3_options)
     local_listing = list_images(str(local / "val"))
@@ -43,7 +43,7 @@ def test_s3_prefix_scans_like_the_local_folder(tmp_path, files, s3_options, s3_b
     state = BuildState.open(f"s3://{s3_bucket}/atlas", s3_options)
     state.put_listing(remote_listing.fingerprint, remote_listing.to_table())
     shard = Listing.from_table(state.get_listing(remote_listing.fingerprint), "saved listing")
-    remote = scan_dataset(model, shard, scanner, loader=LoaderOptions(batch_size=8, workers=2),
+    remote = scan_dataset(model, shard, scanner, loader=LoaderOptions(images_per_batch=8, workers=2),
                           storage_options=s3_options)
     here = scan_dataset(model, local_listing, scanner, loader=loader)
     assert remote.examples_table().equals(here.examples_table())
@@ -60,7 +60,7 @@ def test_parquet_on_s3_and_clear_errors_for_missing_prefixes(tmp_path, s3_option
     listing = list_images(f"s3://{s3_bucket}/tables", storage_options=s3_options, id_column="name")
     assert listing.kind == "parquet" and listing.ids() == [f"id{i}" for i in range(6)]
     result = scan_dataset(tiny_model(SIZE), listing, ["conv1"], options=ScanOptions(k=2),
-                          loader=LoaderOptions(batch_size=4, workers=0), storage_options=s3_options)
+                          loader=LoaderOptions(images_per_batch=4, workers=0), storage_options=s3_options)
     assert result.scanned == 6 and not result.skipped
     with pytest.raises(DatasetError, match=f"s3://{s3_bucket}/nothing-here"):
         list_images(f"s3://{s3_bucket}/nothing-here/", storage_options=s3_options)

@@ -29,7 +29,7 @@ def photos(tmp_path):
 
 def test_scan_prints_summary_examples_and_writes_tables(photos, tmp_path, capsys):
     code = run("scan", "torchvision:mobilenet_v2", str(photos), "--layers", "features.2,features.4",
-               "--k", "4", "--input-size", "32", "--input-range=-1,1", "--workers", "0", "--batch-size", "5",
+               "--k", "4", "--input-size", "32", "--input-range=-1,1", "--workers", "0", "--images-per-batch", "5",
                "--show", "2", "--out", str(tmp_path / "tables"))
     out = capsys.readouterr().out
     assert code == 0

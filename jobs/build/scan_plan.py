@@ -1,0 +1,62 @@
+"""Scan work items on the driver: list the dataset once, one item per chunk-aligned shard, and
+one reduce per model; declare the pooled-activation arrays the shards write into."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loupe.jobs.build.config import ScanConfig
+from loupe.jobs.build.plan import ReduceSpec, ScanSpec, WorkItem, make_item, model_identity
+from loupe.jobs.build.resolve import ResolvedModel
+from loupe.jobs.build.shared_state import save_listing
+from loupe.pipeline.data import Listing, list_images
+from loupe.storage import AtlasWriter, plan_image_chunks
+
+
+def list_dataset(scan: ScanConfig) -> Listing:
+    """List the dataset once on the driver (errors name the URL, before any compute)."""
+    dataset = scan.dataset
+    return list_images(dataset.url, storage_options=dataset.storage_options, format=dataset.format,
+                       image_column=dataset.image_column, id_column=dataset.id_column)
+
+
+def scan_context(scan: ScanConfig | None, listing: Listing | None) -> dict[str, Any] | None:
+    if scan is None or listing is None:
+        return None
+    return {"dataset_storage_options": scan.dataset.storage_options, "listing_fingerprint": listing.fingerprint}
+
+
+def scanned_layers(model: ResolvedModel) -> list[str]:
+    return [layer.info.name for layer in model.layers]
+
+
+def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write_images: bool) -> list[WorkItem]:
+    """One item per shard (chunk-aligned image range), then the model's reduce item.
+
+    Exactly one model's reduce (`write_images`) also writes the dataset's images table (id -> URI).
+    """
+    per_chunk, ranges = plan_image_chunks(len(listing), min(scan.shards, len(listing)))
+    identity = model_identity(model)
+    layers = tuple(scanned_layers(model))
+    items = [
+        make_item(model.id, identity, ScanSpec(
+            layers=layers, k=scan.k, listing=listing.fingerprint, chunk_images=per_chunk,
+            pooled=scan.pooled_activations, shard_index=index, shard_count=len(ranges), start=start, stop=stop,
+            images_per_batch=scan.images_per_batch, decode_workers=scan.decode_workers,
+        ), cost=stop - start)
+        for index, (start, stop) in enumerate(ranges)
+    ]
+    reduce = ReduceSpec(layers=layers, scan_items=tuple(i.key for i in items), listing=listing.fingerprint,
+                        write_images=write_images)
+    return items + [make_item(model.id, identity, reduce, cost=0)]
+
+
+def declare_scan_arrays(writer: AtlasWriter, model: ResolvedModel, scan: ScanConfig, listing: Listing) -> None:
+    """Declare pooled-activation arrays (images x channels, chunked like the shards) and save the listing."""
+    save_listing(writer, listing)
+    if not scan.pooled_activations:
+        return
+    per_chunk, _ = plan_image_chunks(len(listing), min(scan.shards, len(listing)))
+    for layer in model.layers:
+        writer.declare_activations(model.id, layer.info.name, n_images=len(listing),
+                                   n_channels=layer.info.channels, images_per_chunk=per_chunk)
