@@ -11,7 +11,8 @@ from loupe.storage.build_state import BuildState
 from loupe.storage.admin import AtlasState, VersionInfo, current_version, item_keys, list_versions, prune, read_state
 from loupe.storage.errors import ChecksumError, PublishConflictError, StorageError, VersionNotFoundError
 from loupe.storage.preflight import check_writable
-from loupe.storage.reader import Atlas, open_atlas
+from loupe.storage.reader import Atlas, RangeReadError, open_atlas
+from loupe.storage.guarded_store import MissingObjectError
 from loupe.storage.item_writer import ItemWriter
 from loupe.storage.lease import LeaseHeldError, LeaseLostError
 from loupe.storage.probe import ConditionalWritesIgnoredError
@@ -28,11 +29,13 @@ __all__ = [
     "ItemWriter",
     "LeaseHeldError",
     "LeaseLostError",
+    "MissingObjectError",
     "PublishConflictError",
+    "RangeReadError",
     "StorageError",
     "VersionInfo",
-    "VersionStatus",
     "VersionNotFoundError",
+    "VersionStatus",
     "check_writable",
     "current_version",
     "item_keys",

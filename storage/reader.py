@@ -9,7 +9,8 @@ A read never mistakes missing or mis-served bytes for data: an object the versio
 names but the store lacks raises `MissingObjectError` naming it (zarr alone would return fill
 values), and a CRC failure of a ranged read re-reads the objects involved whole against their
 SHA-256, to tell a store that serves byte ranges wrongly (`RangeReadError`) from an object that is
-really corrupt (`ChecksumError`).
+really corrupt (`ChecksumError`). `open_atlas(url, ranged_reads=False)` reads such a store anyway:
+whole objects only, each checked against its SHA-256.
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ from loupe.storage.objects import ObjectStore
 from loupe.storage.urls import resolve
 
 
-def open_atlas(url: str, version: str | None = None, storage_options: Mapping[str, Any] | None = None) -> "Atlas":
-    """Open the published version of an atlas, or a given complete version."""
+def open_atlas(url: str, version: str | None = None, storage_options: Mapping[str, Any] | None = None, *,
+               ranged_reads: bool = True) -> "Atlas":
+    """Open the published version of an atlas, or a given complete version.
+
+    `ranged_reads=False` fetches every array object whole and checks its SHA-256 instead of
+    reading byte ranges: slower, but correct behind a store or proxy that mis-serves ranges.
+    """
     store = ObjectStore(resolve(url, storage_options))
     if version is None:
         pointer = publish.read_pointer(store)
@@ -44,16 +50,18 @@ def open_atlas(url: str, version: str | None = None, storage_options: Mapping[st
         if raw is None:
             state = "is still being built (not complete)" if store.exists(layout.draft_info(version)) else "does not exist"
             raise VersionNotFoundError(f"version {version} of atlas {url} {state}", url=store.location.url_of(layout.version_dir(version)))
-    return Atlas(store, version, manifests.parse(raw, store.location.url_of(layout.manifest(version))))
+    return Atlas(store, version, manifests.parse(raw, store.location.url_of(layout.manifest(version))),
+                 ranged_reads=ranged_reads)
 
 
 class Atlas:
     """One complete version of an atlas, read-only."""
 
-    def __init__(self, store: ObjectStore, version: str, manifest: dict) -> None:
+    def __init__(self, store: ObjectStore, version: str, manifest: dict, *, ranged_reads: bool = True) -> None:
         self.store = store
         self.version = version
         self.manifest = manifest
+        self.ranged_reads = ranged_reads
         self._arrays: dict[str, zarr.Array] = {}
         self._tables: dict[str, pa.Table] = {}
 
@@ -106,7 +114,14 @@ class Atlas:
             base = zarr.storage.LocalStore(location.path(layout.version_dir(self.version)), read_only=True)
         else:
             base = zarr.storage.FsspecStore.from_url(root, storage_options=dict(location.options), read_only=True)
-        return ManifestGuardedStore(base, lambda key: key in self._checksums, self._object_url)
+        return ManifestGuardedStore(base, lambda key: key in self._checksums, self._object_url,
+                                    ranged_reads=self.ranged_reads, verify=self._verify_object)
+
+    def _verify_object(self, key: str, data: bytes) -> None:
+        """Check a whole array object against the version's checksum list (if it lists the object)."""
+        entry = self._checksums.get(key)
+        if entry is not None:
+            checksums.verify(data, entry, self._object_url(key))
 
     @cached_property
     def _checksums(self) -> dict[str, dict]:
@@ -154,8 +169,9 @@ class Atlas:
             return RangeReadError(
                 f"the store served wrong bytes for a byte-range read of {where}: the chunk failed its CRC32C "
                 f"({text}), yet the whole object matches its SHA-256, so the atlas is intact and the store "
-                "(or a proxy in front of it) mis-serves range requests; fix the store or read through one "
-                "that serves ranges correctly", url=self._object_url(listed[0]))
+                "(or a proxy in front of it) mis-serves range requests; fix the store, or open the atlas with "
+                f"open_atlas({self.url!r}, ranged_reads=False) to read whole objects instead",
+                url=self._object_url(listed[0]))
         return ChecksumError(f"checksum mismatch in {url}: {text}", url=url)
 
     def _check_unit(self, entry: dict, unit: int, what: str) -> None:

@@ -81,3 +81,57 @@ def test_a_store_that_mis_serves_ranges_is_told_apart_from_a_corrupt_object(s3_b
     store.put(shard, bytes(data))
     with pytest.raises(ChecksumError, match="corrupt object .*channel.zarr/c/0/0/0/0"):
         open_atlas(url, storage_options=s3_options).layer_renders("net", "conv1")
+
+
+def test_without_ranged_reads_a_store_that_mis_serves_ranges_still_reads_correctly(s3_bucket, s3_options, faulty_s3):
+    url = f"s3://{s3_bucket}/atlas"
+    writer = AtlasWriter.create(url, storage_options=s3_options)
+    built = write_small(writer)
+    writer.publish()
+    faulty_s3.faults.shift_ranges_by = 1
+    atlas = open_atlas(url, storage_options=faulty_s3.storage_options(s3_options), ranged_reads=False)
+    with pytest.raises(RangeReadError, match="ranged_reads=False"):
+        open_atlas(url, storage_options=faulty_s3.storage_options(s3_options)).render("net", "conv1", 2)
+
+    faulty_s3.faults.log.clear()
+    assert (atlas.render("net", "conv1", 2) == built.images[2]).all()
+    units, images = atlas.layer_renders("net", "conv1", "diversity")
+    assert (images == built.diverse[units]).all()
+    assert (atlas.activations("net", "conv1")[:] == built.activations).all()
+    gets = faulty_s3.faults.requests("GET", "/zarr.json") + faulty_s3.faults.requests("GET", "/c/")
+    assert gets and not any("HTTP_RANGE" in headers for _, _, headers in gets)
+    # one whole GET per shard, shared by the index and chunk reads of a unit
+    channel_shard = faulty_s3.faults.requests("GET", "channel.zarr/c/0/0/0/0")
+    assert len(channel_shard) == 1
+
+
+def test_without_ranged_reads_whole_objects_are_checked_against_their_sha256(target):
+    built, store = published(target)
+    chunk = f"versions/{built.version}/activations/net/conv1/mean.zarr/c/0/0"
+    # A substituted object: another chunk's valid bytes (its CRC32C matches), which no chunk check catches.
+    store.put(chunk, store.get(f"versions/{built.version}/activations/net/conv1/mean.zarr/c/1/0"))
+    atlas = open_atlas(target.url, storage_options=target.options, ranged_reads=False)
+    assert (atlas.render("net", "conv1", 3) == built.images[3]).all()
+    with pytest.raises(ChecksumError, match="checksum mismatch in .*mean.zarr/c/0/0") as info:
+        atlas.activations("net", "conv1", "mean")[0]
+    assert info.value.url == store.location.url_of(chunk)
+
+
+def test_missing_objects_are_refused_on_every_zarr_read_path(target):
+    """zarr may fetch through get, get_partial_values or _get_many; none may yield a fill value."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    built, store = published(target)
+    shard = "renders/net/conv1/channel.zarr/c/0/0/0/0"
+    store.delete(f"versions/{built.version}/{shard}")
+    for ranged in (True, False):
+        guarded = open_atlas(target.url, storage_options=target.options, ranged_reads=ranged)._zarr_store
+
+        async def many():
+            return [value async for value in guarded._get_many([(shard, default_buffer_prototype(), None)])]
+
+        with pytest.raises(MissingObjectError, match="channel.zarr/c/0/0/0/0"):
+            sync(guarded.get_partial_values(default_buffer_prototype(), [(shard, None)]))
+        with pytest.raises(MissingObjectError, match="channel.zarr/c/0/0/0/0"):
+            sync(many())
