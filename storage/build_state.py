@@ -12,6 +12,10 @@ the item's completion record. Everything read back is as untrusted as anything i
   that way), and one that finds only the sidecar (a writer died in between) sees no object;
 * both are single atomic PUTs (a temporary file and a rename locally).
 
+A listing is also saved in blocks of `LISTING_BLOCK_ROWS` rows, each its own checksummed object,
+so a scan worker reads (and verifies) only the blocks its shard overlaps, not the whole dataset's
+listing: a ranged read of one big object could not be checked against its whole-object SHA-256.
+
 Errors are StorageError / ChecksumError naming the object's URL.
 """
 
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
 SIDECAR_SUFFIX = ".sha256.json"
 SIDECAR_FORMAT = "loupe-build-state/1"
 _PLAIN_KINDS = "biufU"  # bool, int, uint, float, fixed-width unicode: nothing that needs pickle
+LISTING_BLOCK_ROWS = 65536  # rows per listing block: a worker reads at most its shard plus two blocks
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip timestamps: the same arrays always give the same bytes
 
 
@@ -113,15 +118,45 @@ class BuildState:
         return self.url_of(layout.build_state_receptive_fields(key))
 
     # ---- listings ---------------------------------------------------------------------------
-    def put_listing(self, fingerprint: str, table: pa.Table) -> None:
-        """Save a dataset listing table (its schema metadata included) as Parquet."""
+    def put_listing(self, fingerprint: str, table: pa.Table, *, block_rows: int = LISTING_BLOCK_ROWS) -> None:
+        """Save a dataset listing table (its schema metadata included) as Parquet, whole and in blocks.
+
+        The blocks are written first, so a whole listing that exists always has its blocks.
+        """
         if not isinstance(table, pa.Table):
             raise StorageError(f"listing {fingerprint}: expected a pyarrow.Table, got {type(table).__name__}")
+        for index, start in enumerate(range(0, table.num_rows, block_rows)):
+            self._put(_listing_block(fingerprint, block_rows, index), tables.encode(table.slice(start, block_rows)))
         self._put(layout.build_state_listing(fingerprint), tables.encode(table))
 
     def get_listing(self, fingerprint: str) -> pa.Table | None:
         """The saved listing table, or None if none was saved; refuses anything but verified Parquet."""
-        rel = layout.build_state_listing(fingerprint)
+        return self._get_table(layout.build_state_listing(fingerprint))
+
+    def get_listing_rows(self, fingerprint: str, start: int, stop: int, *,
+                         block_rows: int = LISTING_BLOCK_ROWS) -> pa.Table | None:
+        """Rows [start, stop) of a saved listing (with its schema metadata), reading only the blocks they
+        overlap, each verified against its own sidecar; None if the listing was saved without blocks."""
+        if not 0 <= start <= stop:
+            raise StorageError(f"listing {fingerprint}: bad row range [{start}, {stop})")
+        first, last = start // block_rows, max(start, stop - 1) // block_rows
+        parts = []
+        for index in range(first, last + 1):
+            part = self._get_table(_listing_block(fingerprint, block_rows, index))
+            if part is None:
+                if parts:
+                    url = self.url_of(_listing_block(fingerprint, block_rows, index))
+                    raise StorageError(f"listing block {url} is missing (rows [{start}, {stop}) need it)", url=url)
+                return None
+            parts.append(part)
+        joined = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        offset = start - first * block_rows
+        if offset + (stop - start) > joined.num_rows:
+            url = self.listing_url(fingerprint)
+            raise StorageError(f"listing {url} has fewer than {stop} rows (asked for [{start}, {stop}))", url=url)
+        return joined.slice(offset, stop - start)
+
+    def _get_table(self, rel: str) -> pa.Table | None:
         data = self._get(rel)
         if data is None:
             return None
@@ -167,3 +202,9 @@ class BuildState:
         except Exception as exc:  # noqa: BLE001 - any malformed sidecar is one clear refusal
             raise StorageError(f"checksum sidecar {sidecar_url} of {url} is unreadable ({exc}); refused", url=url) from None
         return checksums.verify(data, expected, url)
+
+
+def _listing_block(fingerprint: str, block_rows: int, index: int) -> str:
+    """Block `index` (rows [index * block_rows, (index + 1) * block_rows)) of a saved listing."""
+    listing = layout.build_state_listing(fingerprint)
+    return f"{listing[:-len('.parquet')]}.blocks-{block_rows}/{index:08d}.parquet"

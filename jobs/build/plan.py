@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from loupe.jobs.build.resolve import ResolvedModel
 
 #: Bump when a stage's algorithm changes its output for the same inputs; invalidates that stage only.
-CODE_VERSIONS = {"render": "render-2", "scan": "scan-2", "reduce": "reduce-2"}
+CODE_VERSIONS = {"render": "render-2", "scan": "scan-3", "reduce": "reduce-3"}
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,17 @@ class ScanSpec:
 
 @dataclass(frozen=True)
 class ReduceSpec:
-    """Merge the scan shards' partials of one model into its units and examples tables."""
+    """Merge one layer's partials of a model's scan shards into that layer's units and examples tables.
 
-    layers: tuple[str, ...]
+    One reduce per layer (not per model): it folds the shards' partials of `layer` one at a time,
+    so its memory is one layer's result plus one shard's layer, whatever the number of shards.
+    """
+
+    layer: str
+    layer_index: int  # position of `layer` in the scan items' layers: names its partial
     scan_items: tuple[str, ...]
     listing: str
-    write_images: bool  # exactly one model's reduce writes the dataset's images table
+    write_images: bool  # exactly one reduce of the build writes the dataset's images table
 
     stage: ClassVar[str] = "reduce"
 
@@ -82,7 +87,7 @@ class ReduceSpec:
         return asdict(self)
 
     def describe(self) -> str:
-        return f"reduce of {len(self.scan_items)} shard(s)"
+        return f"reduce {self.layer} of {len(self.scan_items)} shard(s)"
 
 
 Spec = RenderSpec | ScanSpec | ReduceSpec

@@ -49,7 +49,7 @@ class Execution:
 class BuildPlan:
     config: BuildConfig
     models: list[ResolvedModel]
-    items: dict[str, list[WorkItem]]  # model id -> its render and scan items, then its reduce item last
+    items: dict[str, list[WorkItem]]  # model id -> its render and scan items, then its reduce items (one per layer) last
     listing: Any = None
 
     def all_keys(self) -> set[str]:

@@ -1,5 +1,5 @@
 """Scan work items on the driver: list the dataset once, one item per chunk-aligned shard, and
-one reduce per model; declare the pooled-activation arrays the shards write into."""
+one reduce per (model, layer); declare the pooled-activation arrays the shards write into."""
 
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ def scanned_layers(model: ResolvedModel) -> list[str]:
 
 
 def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write_images: bool) -> list[WorkItem]:
-    """One item per shard (chunk-aligned image range), then the model's reduce item.
+    """One item per shard (chunk-aligned image range), then one reduce item per layer.
 
-    Exactly one model's reduce (`write_images`) also writes the dataset's images table (id -> URI).
+    Exactly one reduce (the first layer's of the model given `write_images`) also writes the
+    dataset's images table (id -> URI).
     """
     per_chunk, ranges = plan_image_chunks(len(listing), min(scan.shards, len(listing)))
     identity = model_identity(model)
@@ -46,9 +47,14 @@ def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write
         ), cost=stop - start)
         for index, (start, stop) in enumerate(ranges)
     ]
-    reduce = ReduceSpec(layers=layers, scan_items=tuple(i.key for i in items), listing=listing.fingerprint,
-                        write_images=write_images)
-    return items + [make_item(model.id, identity, reduce, cost=0)]
+    scan_keys = tuple(i.key for i in items)
+    reduces = [
+        make_item(model.id, identity, ReduceSpec(layer=layer, layer_index=index, scan_items=scan_keys,
+                                                 listing=listing.fingerprint, write_images=write_images and index == 0),
+                  cost=0)
+        for index, layer in enumerate(layers)
+    ]
+    return items + reduces
 
 
 def declare_scan_arrays(writer: AtlasWriter, model: ResolvedModel, scan: ScanConfig, listing: Listing) -> None:

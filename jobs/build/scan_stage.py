@@ -1,10 +1,12 @@
 """Scan and reduce items on a worker: a scan item streams its shard's pooled activations straight
-into the atlas (each shard owns its chunks) and saves its mergeable result as an npz partial
-(`ScanResult.state()`); the reduce item merges every shard's partial into the per-unit statistics
-and top/bottom examples tables."""
+into the atlas (each shard owns its chunks) and saves its mergeable result as one npz partial per
+layer (`ScanResult.layer_only(layer).state()`); a reduce item folds one layer's partials, shard by
+shard, into that layer's per-unit statistics and top/bottom examples tables, so its memory is one
+layer's result plus one shard's layer, whatever the number of shards or layers."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from loupe.jobs.build.plan import ReduceSpec, ScanSpec, WorkItem, item_meta
@@ -14,7 +16,10 @@ from loupe.pipeline.errors import LoupeError
 from loupe.storage import AtlasWriter, StorageError
 from loupe.storage.build_state import BuildState, partial_url, read_partial_arrays, write_partial_arrays
 
-PARTIAL = "scan-result.npz"
+
+def partial_name(layer_index: int) -> str:
+    """The partial holding one layer's statistics (by index: layer names may not be valid object names)."""
+    return f"scan-layer-{layer_index:05d}.npz"
 
 
 def run_scan_stage(runner, item: WorkItem) -> dict[str, Any]:
@@ -36,6 +41,27 @@ def _listing(runner, fingerprint: str) -> Listing:
     return cached
 
 
+def _shard_listing(runner, spec: ScanSpec) -> Listing:
+    """The shard's rows of the saved listing, reading only the listing blocks they overlap.
+
+    A listing saved before listings had blocks is loaded whole (once per actor) and sliced.
+    """
+    state = BuildState.of(runner.writer)
+    rows = state.get_listing_rows(spec.listing, spec.start, spec.stop)
+    if rows is None:
+        return _listing(runner, spec.listing).slice(spec.start, spec.stop)
+    url = state.listing_url(spec.listing)
+    try:
+        shard = replace(Listing.from_table(rows, url), start=spec.start)
+    except LoupeError as exc:
+        raise StorageError(f"listing {url}, rows [{spec.start}, {spec.stop}): {exc}", url=url) from None
+    if shard.fingerprint != spec.listing or shard.stop != spec.stop:
+        raise StorageError(f"listing {url} rows [{spec.start}, {spec.stop}) describe listing "
+                           f"{shard.fingerprint[:16]}... [{shard.start}, {shard.stop}), not {spec.listing[:16]}...",
+                           url=url)
+    return shard
+
+
 def _receptive_fields(runner) -> dict | None:
     """The fields the driver saved (verified on every read), once per actor."""
     context = runner.scan_context or {}
@@ -55,7 +81,7 @@ def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
     from loupe.pipeline.scan import ScanOptions, Scanner, scan_dataset
 
     spec: ScanSpec = item.spec
-    shard = _listing(runner, spec.listing).slice(spec.start, spec.stop)
+    shard = _shard_listing(runner, spec)
     options = ScanOptions(k=spec.k, pooled=spec.pooled, chunk_images=spec.chunk_images)
     key = (spec.layers, options)
     if getattr(runner, "_scanner_key", None) != key:
@@ -73,41 +99,44 @@ def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
             storage_options=context.get("dataset_storage_options"),
             on_chunk=write_chunk if spec.pooled else None,
         )
-        write_partial_arrays(out, PARTIAL, result.state())
+        for index, layer in enumerate(spec.layers):
+            write_partial_arrays(out, partial_name(index), result.layer_only(layer).state())
     return {"images": result.scanned, "skipped": len(result.skipped)}
 
 
 def _run_reduce(runner, item: WorkItem) -> dict[str, Any]:
     spec: ReduceSpec = item.spec
-    merged = merge_partials(runner.writer, list(spec.scan_items))
+    merged = reduce_layer(runner.writer, list(spec.scan_items), spec.layer, spec.layer_index)
     model_id = runner.config.id
-    units, examples = merged.units_table().drop_columns(["model"]), merged.examples_table().drop_columns(["model"])
     skipped = [{"image_id": s.image_id, "reason": s.reason} for s in merged.skipped]
     with runner.writer.item(item.key, {"stage": "reduce", "skipped_images": len(skipped),
                                        "skipped_examples": skipped[:100]}) as out:
-        for layer in spec.layers:
-            out.write_units(model_id, layer, units.filter(_column_equals(units, "layer", layer)))
-            out.write_examples(model_id, layer, examples.filter(_column_equals(examples, "layer", layer)))
+        out.write_units(model_id, spec.layer, merged.units_table().drop_columns(["model"]))
+        out.write_examples(model_id, spec.layer, merged.examples_table().drop_columns(["model"]))
         if spec.write_images:
             out.write_images(_listing(runner, spec.listing).images_table())
     return {"images": 0, "skipped": len(skipped)}
 
 
-def merge_partials(writer: AtlasWriter, keys: list[str]):
-    """Merge the scan shards' partials (verified plain arrays) into one ScanResult."""
+def reduce_layer(writer: AtlasWriter, keys: list[str], layer: str, layer_index: int):
+    """Fold one layer's partials of the scan items `keys` (in order) into one single-layer ScanResult.
+
+    Each partial is read, verified, merged into the running result and dropped before the next
+    is read: peak memory is one merged layer plus one shard's layer.
+    """
     from loupe.pipeline.scan import ScanResult, merge_results
 
+    name = partial_name(layer_index)
+
     def load(key: str) -> ScanResult:
+        url = partial_url(writer, key, name)
         try:
-            return ScanResult.from_state(read_partial_arrays(writer, key, PARTIAL))
+            result = ScanResult.from_state(read_partial_arrays(writer, key, name))
         except LoupeError as exc:
-            url = partial_url(writer, key, PARTIAL)
             raise StorageError(f"scan partial {url} of work item {key} is malformed: {exc}", url=url) from None
+        if list(result.layers) != [layer]:
+            raise StorageError(f"scan partial {url} of work item {key} holds layers {list(result.layers)}, "
+                               f"expected only {layer!r}", url=url)
+        return result
 
     return merge_results(load(key) for key in keys)
-
-
-def _column_equals(table, column: str, value: str):
-    import pyarrow.compute as pc
-
-    return pc.equal(table.column(column), value)

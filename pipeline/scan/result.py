@@ -239,6 +239,20 @@ class ScanResult:
             return False
         return all(self.layers[n].equals(other.layers[n]) for n in self.layers)
 
+    def layer_only(self, name: str) -> "ScanResult":
+        """This result restricted to one layer (image ids: only those its examples name).
+
+        A build saves one such partial per layer and shard, so a per-layer reduce reads and
+        merges just that layer: its memory does not grow with the number of layers or shards.
+        """
+        if name not in self.layers:
+            raise MergeError(f"scan result has no layer {name!r}; it has {list(self.layers)}")
+        layer = self.layers[name]
+        referenced = set()
+        for part in (layer.top, layer.bottom):
+            referenced.update(part.image_index[part.image_index >= 0].tolist())
+        return replace(self, image_ids={p: self.image_ids[p] for p in sorted(referenced)}, layers={name: layer})
+
     # ---- plain-array state ------------------------------------------------------------------
     def state(self) -> State:
         """Every field as numeric or fixed-width string arrays (savable with np.savez, no pickle)."""

@@ -131,6 +131,26 @@ def test_merging_shards_in_any_order_equals_the_single_pass(scanner, model, data
     assert d.merge(a.merge(c)).merge(b).equals(single_pass)
 
 
+def test_one_layer_of_each_shard_merges_into_that_layer_of_the_single_pass(scanner, model, dataset, single_pass):
+    """What a per-layer reduce does: merge only one layer's partials, read back from their plain state."""
+    shards = dataset.shards(3, align=BATCH)
+    results = [scan_dataset(model, s, scanner, loader=LoaderOptions(images_per_batch=BATCH, workers=0)) for s in shards]
+    for name in LAYERS:
+        parts = [ScanResult.from_state(r.layer_only(name).state()) for r in results]
+        assert all(list(p.layers) == [name] for p in parts)
+        merged = merge_results(reversed(parts))
+        assert merged.equals(single_pass.layer_only(name)), name
+        expected = single_pass.examples_table()
+        expected = expected.filter(expected.column("layer").to_numpy(zero_copy_only=False) == name)
+        assert merged.examples_table().equals(expected) and merged.examples_table().num_rows > 0
+        units = single_pass.units_table()
+        assert merged.units_table().equals(units.filter(units.column("layer").to_numpy(zero_copy_only=False) == name))
+        referenced = set(merged.layers[name].top.image_index.ravel()) | set(merged.layers[name].bottom.image_index.ravel())
+        assert set(merged.image_ids) == referenced - {-1}  # only the ids this layer's examples name
+    with pytest.raises(MergeError, match="no layer 'nope'"):
+        single_pass.layer_only("nope")
+
+
 def _same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) and a[n].dtype == b[n].dtype for n in a)
 

@@ -110,3 +110,31 @@ def test_npz_bytes_are_deterministic_and_only_plain_arrays_pass(tmp_path):
         with pytest.raises(StorageError, match="s3://b/p.npz is not a plain-array build-state object"):
             decode_arrays(data, "s3://b/p.npz")
     assert not marker.exists()
+
+
+def _long_listing(rows: int = 10) -> pa.Table:
+    ids = [f"img{i:02d}.png" for i in range(rows)]
+    table = pa.table({"id": ids, "key": pa.array(range(rows), pa.int64()), "path": ids})
+    return table.replace_schema_metadata({b"loupe.listing": b'{"format": 1}'})
+
+
+def test_listing_rows_read_only_the_blocks_they_overlap_each_verified(state, target):
+    """A worker's shard reads its own blocks: a damaged block fails only the reads that touch it."""
+    table = _long_listing()
+    assert state.get_listing_rows(FINGERPRINT, 0, 4, block_rows=4) is None  # nothing saved yet
+    state.put_listing(FINGERPRINT, table, block_rows=4)  # blocks [0, 4), [4, 8), [8, 10)
+    for start, stop in ((0, 10), (3, 9), (4, 8), (9, 10), (5, 5)):
+        rows = state.get_listing_rows(FINGERPRINT, start, stop, block_rows=4)
+        assert rows.equals(table.slice(start, stop - start)) and rows.schema.metadata == table.schema.metadata
+    middle = f"build-state/listings/{FINGERPRINT}.blocks-4/00000001.parquet"
+    assert state.store.get(middle)  # rows [4, 8)
+    data = bytearray(state.store.get(middle))
+    data[len(data) // 2] ^= 0x01
+    state.store.put(middle, bytes(data))
+    assert state.get_listing_rows(FINGERPRINT, 0, 4, block_rows=4).equals(table.slice(0, 4))
+    assert state.get_listing_rows(FINGERPRINT, 8, 10, block_rows=4).equals(table.slice(8, 2))
+    with pytest.raises(ChecksumError, match="checksum mismatch") as error:
+        state.get_listing_rows(FINGERPRINT, 3, 5, block_rows=4)
+    assert error.value.url == f"{target.url}/{middle}"
+    with pytest.raises(StorageError, match="fewer than 12 rows"):
+        state.get_listing_rows(FINGERPRINT, 8, 12, block_rows=4)
