@@ -25,23 +25,62 @@ class Outcome:
     failed: dict[str, str]
 
 
+class Schedule:
+    """Which item runs next: the first one, in the given order, whose inputs are done.
+
+    A reduce item needs every scan shard it merges (`ReduceSpec.scan_items`) that is in this batch,
+    so it starts as soon as they finish, ahead of render items still waiting; if one of them fails,
+    the reduce is not run and is reported failed with that reason.
+    """
+
+    def __init__(self, items: Sequence[WorkItem]) -> None:
+        keys = {item.key for item in items}
+        self.pending = list(items)
+        self.needs = {item.key: set(getattr(item.spec, "scan_items", ())) & keys for item in items}
+        self.done: set[str] = set()
+        self.failed: dict[str, str] = {}
+
+    def next_ready(self) -> WorkItem | None:
+        for position, item in enumerate(self.pending):
+            broken = sorted(self.needs[item.key] & set(self.failed))
+            if broken:
+                self.failed[item.key] = f"not run: its input item {broken[0]} failed"
+                del self.pending[position]
+                return self.next_ready()
+            if self.needs[item.key] <= self.done:
+                return self.pending.pop(position)
+        return None
+
+    def succeeded(self, item: WorkItem) -> None:
+        self.done.add(item.key)
+
+    def gave_up(self, item: WorkItem, reason: str) -> None:
+        self.failed[item.key] = reason
+
+    def retry(self, item: WorkItem) -> None:
+        self.pending.insert(0, item)
+
+
 def run_in_process(items: Sequence[WorkItem], runner_args: dict[str, Any], on_finished: Finished,
                    max_retries: int = 0) -> Outcome:
     """One warm runner in this process; the reference execution for tests and benchmarks."""
     if not items:
         return Outcome({}, {})
     runner = ItemRunner(**runner_args)
-    results, failed = {}, {}
-    for item in items:
+    schedule, results = Schedule(items), {}
+    while (item := schedule.next_ready()) is not None:
         for attempt in range(max_retries + 1):
             try:
                 results[item.key] = runner.run(item)
-                on_finished(item, results[item.key])
-                failed.pop(item.key, None)
-                break
             except Exception as exc:  # reported per item; the build decides whether to publish
-                failed[item.key] = f"{type(exc).__name__}: {exc}"
-    return Outcome(results, failed)
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                schedule.succeeded(item)
+                on_finished(item, results[item.key])
+                break
+        else:
+            schedule.gave_up(item, reason)
+    return Outcome(results, schedule.failed)
 
 
 @dataclass(frozen=True)
@@ -111,27 +150,26 @@ class _ActorFeeder:
 
     def __init__(self, actors: list[Any], items: Sequence[WorkItem], resources: ResourcesConfig) -> None:
         self.actors = actors
-        self.pending = list(reversed(items))
+        self.schedule = Schedule(items)
         self.limit = resources.max_in_flight_per_actor
         self.max_retries = resources.max_retries
         self.attempts: dict[str, int] = {}
         self.in_flight: dict[Any, tuple[WorkItem, int]] = {}
         self.load = [0] * len(actors)
 
-    def _submit(self, index: int) -> None:
-        item = self.pending.pop()
-        self.in_flight[self.actors[index].run.remote(item)] = (item, index)
-        self.load[index] += 1
-
     def _fill(self) -> None:
         for index in range(len(self.actors)):
-            while self.pending and self.load[index] < self.limit:
-                self._submit(index)
+            while self.load[index] < self.limit:
+                item = self.schedule.next_ready()
+                if item is None:
+                    return
+                self.in_flight[self.actors[index].run.remote(item)] = (item, index)
+                self.load[index] += 1
 
     def run(self, on_finished: Finished) -> Outcome:
         import ray
 
-        results, failed = {}, {}
+        results = {}
         self._fill()
         while self.in_flight:
             ready, _ = ray.wait(list(self.in_flight), num_returns=1)
@@ -142,14 +180,15 @@ class _ActorFeeder:
             except Exception as exc:  # actor died beyond its retries, or the item raised
                 self.attempts[item.key] = self.attempts.get(item.key, 0) + 1
                 if self.attempts[item.key] <= self.max_retries:
-                    self.pending.append(item)
+                    self.schedule.retry(item)
                 else:
-                    failed[item.key] = f"{type(exc).__name__}: {_last_line(exc)}"
+                    self.schedule.gave_up(item, f"{type(exc).__name__}: {_last_line(exc)}")
             else:
                 results[item.key] = result
+                self.schedule.succeeded(item)
                 on_finished(item, result)
             self._fill()
-        return Outcome(results, failed)
+        return Outcome(results, self.schedule.failed)
 
 
 def _last_line(exc: BaseException) -> str:

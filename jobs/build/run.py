@@ -133,21 +133,19 @@ def _build_draft(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summar
         summary.notes.append(str(exc))
 
 
+_STAGE_ORDER = {"scan": 0, "reduce": 1, "render": 2}
+
+
 def _run_items(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary: BuildSummary, run: Execution) -> None:
     """Reuse what exists, then execute the rest; Ray starts only if some item is left to run."""
     done = _reuse(plan, state, writer, summary)
     if run.executor == "ray" and plan.all_keys() - done:
         run.log(f"executing on {execute.connect_ray(run.address)}")
     for model in plan.models:
-        model_items = plan.items[model.id]
-        work = [i for i in model_items if i.key not in done and i.stage != "reduce"]
-        reduce = [i for i in model_items if i.stage == "reduce" and i.key not in done]
-        failed: dict[str, str] = {}
-        if work:
-            failed = _execute(work, model, plan, writer, summary, run, model.id).failed
-        scans_failed = any(i.stage == "scan" and i.key in failed for i in work)
-        if reduce and not scans_failed:  # a reduce reads every scan shard's partial
-            failed.update(_execute(reduce, model, plan, writer, summary, run, f"{model.id} reduce").failed)
+        # Scans first, so each layer's reduce (which waits for its scan shards: execute.Schedule)
+        # can start while render items are still running.
+        todo = sorted((i for i in plan.items[model.id] if i.key not in done), key=lambda i: _STAGE_ORDER[i.stage])
+        failed = _execute(todo, model, plan, writer, summary, run, model.id).failed if todo else {}
         # A draft deleted or taken over while items ran explains any failure better than the failures do.
         writer.lease.renew()
         summary.failed += sorted(failed)
