@@ -9,6 +9,7 @@ writer holds the draft's lease (storage/lease.py): only the lease holder may sea
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import Any, Iterable, Mapping, Sequence
 
 from loupe.storage import activations, arrays, checksums, layout, manifest, probe, publish, renders
@@ -22,6 +23,8 @@ from loupe.storage.status import VersionStatus
 from loupe.storage.urls import resolve
 
 _UNSET: Any = object()
+#: Completion records whose object checksums a writer keeps for reading partials back.
+_RECORD_CACHE = 4096
 
 
 class AtlasWriter:
@@ -33,6 +36,7 @@ class AtlasWriter:
         self.draft = draft
         self.lease = lease
         self._meta_cache: dict[str, bytes] = {}
+        self._record_objects: OrderedDict[str, dict] = OrderedDict()
 
     # ---- creating and resuming -------------------------------------------------------------
     @classmethod
@@ -179,13 +183,25 @@ class AtlasWriter:
         return None if raw is None else ItemRecord.from_bytes(raw, self.store.location.url_of(layout.item_record(self.version, key)))
 
     def read_partial(self, key: str, name: str) -> bytes:
-        """Read back a completed item's partial, verified against the checksum in its record."""
-        record = self.item_record(key)
+        """Read back a completed item's partial, verified against the checksum in its record.
+
+        Records are written once, so each item's record is read once per writer (a bounded
+        cache): a per-layer reduce reads one partial of every shard, and a shard's record lists
+        the partials of all its layers.
+        """
+        objects = self._record_objects.get(key)
+        if objects is None:
+            record = self.item_record(key)
+            objects = {} if record is None else record.objects
+            if record is not None:
+                self._record_objects[key] = objects
+                while len(self._record_objects) > _RECORD_CACHE:
+                    self._record_objects.popitem(last=False)
         path = layout.partial(key, name)
-        if record is None or path not in record.objects:
+        if path not in objects:
             url = self.store.location.url_of(self._rel(path))
             raise StorageError(f"work item {key} has no completed partial {name!r} ({url})", url=url)
-        return self.store.get(self._rel(path), record.objects[path])
+        return self.store.get(self._rel(path), objects[path])
 
     def reuse_items(self, keys: Iterable[str], source: str | None = _UNSET) -> set[str]:
         """Copy finished items from another version instead of recomputing them.
