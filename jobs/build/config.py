@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.models.bundled import BUNDLED, BUNDLED_PREFIX
 
 RENDER_KINDS = ("channel", "neuron", "negative", "diversity")
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
@@ -108,7 +109,10 @@ class ModelConfig(_Strict):
     def _weights_text(cls, value: Any) -> str:
         if value is None:
             raise ValueError("say 'none' explicitly for random init")
-        return str(value)
+        text = str(value)
+        if text.strip().startswith(BUNDLED_PREFIX):
+            _check_bundled_name(text.strip())
+        return text
 
     @field_validator("layers")
     @classmethod
@@ -172,6 +176,12 @@ class BuildConfig(_Strict):
                 raise ValueError(f"model id '{model.id}' is used twice")
             seen.add(model.id)
         return self
+
+
+def _check_bundled_name(weights: str) -> None:
+    """Name the shipped weights in the config error itself, with its field path."""
+    if weights[len(BUNDLED_PREFIX):] not in BUNDLED:
+        raise ValueError(f"unknown bundled weights; available are {[BUNDLED_PREFIX + n for n in BUNDLED]}")
 
 
 def parse_units(spec: Any, channels: int, where: str) -> list[int]:

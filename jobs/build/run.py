@@ -97,6 +97,7 @@ def run_build(
     summary = BuildSummary(planned=len(wanted))
     summary.notes += [f"model {m.id} uses RANDOM weights (weights: none): its pictures show an untrained network"
                       for m in plan.models if m.config.weights.strip().lower() == "none"]
+    summary.notes += [note for m in plan.models for note in m.model.notes]
     state = read_state(config.atlas.url, config.atlas.storage_options)
     if _unchanged(state, wanted):
         summary.version, summary.unchanged, summary.reused = state.current, True, len(wanted)

@@ -16,7 +16,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, weights_default: str | 
     parser.add_argument(
         "--weights",
         default=weights_default,
-        help="'none' (random init), a torchvision weight name (DEFAULT, IMAGENET1K_V1, ...), or a path/URL to a state dict",
+        help="'none' (random init), a torchvision weight name (DEFAULT, IMAGENET1K_V1, ...), weights shipped with Loupe "
+             "(bundled:mobilenet_v2_imagenet), or a path/URL to a state dict",
     )
     parser.add_argument("--state-dict-key", default=None, help="take the state dict nested under this key")
     parser.add_argument("--strip-prefix", default=None, help="drop this prefix from every key (e.g. 'module.')")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping
@@ -15,16 +16,22 @@ from torch import nn
 
 from loupe.pipeline.errors import ModelSourceError, WeightsError
 from loupe.pipeline.models import sources
+from loupe.pipeline.models.bundled import bundled_weights
 from loupe.pipeline.models.catalog import LayerCatalog, LayerInfo, UnitRef, discover_layers
 from loupe.pipeline.models.device import pick_device
 from loupe.pipeline.models.preprocessing import Preprocessing
 from loupe.pipeline.models.weights import load_into, read_state_dict, weights_digest
 
 
+class AssumedPreprocessingWarning(UserWarning):
+    """A weights file came without declared preprocessing, so the builder's default is assumed."""
+
+
 class LoadedModel:
     """An eval-mode nn.Module plus what Loupe needs to address it: preprocessing, catalog, digest.
 
-    Call it with RGB images in [0, 1]; normalization happens inside.
+    Call it with RGB images in [0, 1]; normalization happens inside. `notes` are warnings a
+    build summary repeats (e.g. the preprocessing assumed for a weights file).
     """
 
     def __init__(
@@ -36,6 +43,7 @@ class LoadedModel:
         name: str,
         weights: str = "none",
         categories: list[str] | None = None,
+        notes: tuple[str, ...] = (),
     ) -> None:
         self.module = module.eval().to(device)
         for parameter in self.module.parameters():
@@ -45,6 +53,7 @@ class LoadedModel:
         self.name = name
         self.weights = weights
         self.categories = categories
+        self.notes = notes
 
     @classmethod
     def from_module(
@@ -110,14 +119,20 @@ def load_model(
     model_kwargs: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> LoadedModel:
-    """Build `source` with `weights` ('none', a torchvision weight name, or a path/URL to a state dict).
+    """Build `source` with `weights` ('none', a torchvision weight name, 'bundled:<name>', or a path/URL).
 
     Random init ('none') is seeded, so the same source and seed always give the same weights and
-    digest. Explicit `preprocessing` overrides what the weights or the builder declare.
+    digest. Explicit `preprocessing` overrides what the weights or the builder declare; a weights
+    file for a torchvision builder without it warns loudly, naming the preprocessing assumed.
     """
     parsed = sources.parse_source(source)
     kind = sources.check_weights_kind(parsed, weights)
     built = _build(parsed, kind, weights, dict(model_kwargs or {}), seed)
+    notes: tuple[str, ...] = ()
+    if kind == "bundled":
+        entry = bundled_weights(weights, parsed.text)
+        load_into(built.module, read_state_dict(str(entry.path)), origin=f"{weights} ({entry.path.name})")
+        built = _Built(built.module, entry.preprocessing, entry.categories(), weights.strip())
     if kind == "file":
         state = read_state_dict(
             weights, storage_options=storage_options, state_dict_key=state_dict_key, strip_prefix=strip_prefix
@@ -127,6 +142,9 @@ def load_model(
         if parsed.is_torchvision and categories is None:
             categories = _builder_categories(parsed.target, built.module)
         built = _Built(built.module, built.preprocessing, categories, weights)
+        if parsed.is_torchvision and preprocessing is None:
+            notes = (assumed_preprocessing_note(parsed.text, weights, built.preprocessing),)
+            warnings.warn(notes[0], AssumedPreprocessingWarning, stacklevel=2)
     return LoadedModel(
         built.module,
         preprocessing=preprocessing or built.preprocessing,
@@ -134,6 +152,17 @@ def load_model(
         name=parsed.text,
         weights=built.weights_label,
         categories=built.categories,
+        notes=notes,
+    )
+
+
+def assumed_preprocessing_note(source: str, weights: str, assumed: Preprocessing) -> str:
+    """The loud message for a weights file whose preprocessing nobody declared."""
+    return (
+        f"WEIGHTS FILE WITHOUT PREPROCESSING: {weights} for {source} has no `preprocessing:` block, so the "
+        f"builder's default is ASSUMED: mean {list(assumed.mean)}, std {list(assumed.std)}, input "
+        f"{assumed.input_size}px (resize {assumed.resize_size}). If the weights were trained otherwise "
+        "(e.g. TensorFlow's x/127.5-1 is range: [-1, 1]), declare it or every picture is subtly wrong."
     )
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision import models as tv_models
 
 from loupe.pipeline.errors import ModelSourceError, WeightsError, close_matches
+from loupe.pipeline.models.bundled import bundled_weights, is_bundled
 from loupe.pipeline.models.preprocessing import Preprocessing
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -154,7 +155,7 @@ def python_callable(target: str) -> Callable[..., nn.Module]:
 
 
 def check_weights_kind(source: ModelSource, weights: str) -> str:
-    """Classify `weights` as 'none', 'torchvision' or 'file', with a clear error otherwise."""
+    """Classify `weights` as 'none', 'torchvision', 'bundled' or 'file', with a clear error otherwise."""
     if weights is None or str(weights).strip() == "":
         raise WeightsError(
             f"no weights given for {source.text}: name them ('DEFAULT', a file or URL) or say 'none' for random init"
@@ -162,6 +163,9 @@ def check_weights_kind(source: ModelSource, weights: str) -> str:
     weights = str(weights).strip()
     if weights.lower() == "none":
         return "none"
+    if is_bundled(weights):
+        bundled_weights(weights, source.text)
+        return "bundled"
     if source.is_torchvision and resolve_torchvision_weights(source.target, weights) is not None:
         return "torchvision"
     looks_like_path = "/" in weights or "://" in weights or weights.endswith((".pth", ".pt", ".th", ".bin", ".ckpt"))
@@ -170,6 +174,7 @@ def check_weights_kind(source: ModelSource, weights: str) -> str:
     names = torchvision_weight_names(source.target) if source.is_torchvision else []
     known = f"; {source.target} has weights {names}" if names else ""
     raise WeightsError(
-        f"weights '{weights}' for {source.text} is neither a torchvision weight name nor a path or URL{known}"
+        f"weights '{weights}' for {source.text} is neither a torchvision weight name, 'bundled:<name>', "
+        f"nor a path or URL{known}"
         f"{close_matches(weights, names)}"
     )
