@@ -48,6 +48,11 @@ def s3_error_code(exc: BaseException) -> str:
     return ""
 
 
+def condition_refused(exc: BaseException) -> bool:
+    """Whether a conditional PutObject failed because its If-Match / If-None-Match did not hold."""
+    return s3_error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict") or isinstance(exc, FileExistsError)
+
+
 def describe_failure(exc: BaseException) -> str:
     """A short reason for a filesystem failure, recognising the common S3 cases."""
     text = str(exc) or type(exc).__name__
@@ -245,7 +250,7 @@ class ObjectStore:
             if landed is not None and landed.data == data:
                 return landed.tag
             code = s3_error_code(exc)
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or isinstance(exc, FileExistsError):
+            if condition_refused(exc):
                 raise self._condition_failed(rel, expected_tag) from exc
             if expected_tag and code != "NoSuchBucket" and (code == "NoSuchKey" or isinstance(exc, FileNotFoundError)):
                 raise self._condition_failed(rel, expected_tag) from exc  # If-Match on an object now gone

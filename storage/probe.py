@@ -16,7 +16,7 @@ import threading
 
 from loupe.storage import layout
 from loupe.storage.errors import StorageError
-from loupe.storage.objects import ObjectStore, s3_error_code
+from loupe.storage.objects import ObjectStore, condition_refused, s3_error_code
 
 _checked: set[tuple[str, str]] = set()
 _checked_lock = threading.Lock()
@@ -72,9 +72,9 @@ def _applied(store: ObjectStore, bucket: str, key: str, condition: dict) -> bool
     try:
         store.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"must not be written\n", **condition)
     except Exception as exc:
-        code = s3_error_code(exc)
-        if code in ("PreconditionFailed", "ConditionalRequestConflict") or isinstance(exc, FileExistsError):
+        if condition_refused(exc):
             return False
+        code = s3_error_code(exc)
         raise StorageError(f"cannot probe conditional writes at {store.location.url}: the store answered "
                            f"{code or type(exc).__name__} ({exc}); Loupe needs S3 conditional writes "
                            "(If-Match / If-None-Match on PutObject)", url=store.location.url) from exc

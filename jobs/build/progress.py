@@ -27,6 +27,18 @@ class BuildSummary:
     unchanged: bool = False
     notes: list[str] = field(default_factory=list)
 
+    def count(self, stage: str, cost: int, result: dict) -> None:
+        """Add one finished item: `cost` counts its units (render) or images (scan)."""
+        if result.get("status") == "done":
+            self.done += 1
+        else:
+            self.already_done += 1
+        if stage == "render":
+            self.units_rendered += cost
+        elif stage == "scan":
+            self.images_scanned += int(result.get("images", 0))
+            self.skipped_images += int(result.get("skipped", 0))
+
     def lines(self) -> list[str]:
         state = "published" if self.published else ("unchanged" if self.unchanged else "NOT published")
         out = [

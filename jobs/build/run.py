@@ -193,7 +193,7 @@ def _execute(items: list[WorkItem], model: ResolvedModel, plan: BuildPlan, write
     bar = Progress(len(items), desc, enabled=run.progress)
 
     def finished(item: WorkItem, result: dict[str, Any]) -> None:
-        _count(summary, item, result)
+        summary.count(item.stage, item.cost, result)
         bar.advance(item.stage, item.cost)
 
     resources = plan.config.resources
@@ -203,18 +203,6 @@ def _execute(items: list[WorkItem], model: ResolvedModel, plan: BuildPlan, write
         return execute.run_in_process(items, {**runner_args, "threads": run.threads}, finished, resources.max_retries)
     finally:
         bar.close()
-
-
-def _count(summary: BuildSummary, item: WorkItem, result: dict[str, Any]) -> None:
-    if result.get("status") == "done":
-        summary.done += 1
-    else:
-        summary.already_done += 1
-    if item.stage == "render":
-        summary.units_rendered += item.cost
-    elif item.stage == "scan":
-        summary.images_scanned += int(result.get("images", 0))
-        summary.skipped_images += int(result.get("skipped", 0))
 
 
 def _unchanged(state: AtlasState, wanted: set[str]) -> bool:
