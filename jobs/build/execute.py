@@ -42,7 +42,7 @@ class Schedule:
 
     def next_ready(self) -> WorkItem | None:
         for position, item in enumerate(self.pending):
-            broken = sorted(self.needs[item.key] & set(self.failed))
+            broken = sorted(self.needs[item.key] & self.failed.keys())
             if broken:
                 self.failed[item.key] = f"not run: its input item {broken[0]} failed"
                 del self.pending[position]
