@@ -63,3 +63,8 @@ def check_chunk(meta: dict, image_start: int, values: np.ndarray, where: str) ->
 def encode_chunk(meta_bytes: bytes, dtype: str, image_start: int, values: np.ndarray) -> dict[str, bytes]:
     stop = image_start + values.shape[0]
     return arrays.encode_region(meta_bytes, (slice(image_start, stop), slice(None)), values.astype(dtype, copy=False))
+
+
+def decode_chunk(meta_bytes: bytes, key: str, data: bytes, start: int, stop: int) -> np.ndarray:
+    """The rows [start, stop) held by one verified chunk object `key` (e.g. 'c/3/0')."""
+    return arrays.decode_region(meta_bytes, {key: data}, (slice(start, stop), slice(None)))

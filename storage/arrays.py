@@ -98,3 +98,10 @@ def open_from_metadata(store: Any, path: str, metadata: bytes | dict, config: di
 def layout_fingerprint(meta: dict) -> dict:
     """The parts of an array's metadata that decide where and how a chunk object is encoded."""
     return {k: meta.get(k) for k in ("data_type", "chunk_grid", "chunk_key_encoding", "codecs", "fill_value")}
+
+
+def decode_region(metadata: bytes, objects: dict[str, bytes], region: tuple[slice, ...]) -> np.ndarray:
+    """Read `region` of an array from the given (already verified) object bytes, in memory."""
+    store_dict: dict = {METADATA_KEY: CpuBuffer.from_bytes(metadata)}
+    store_dict.update({key: CpuBuffer.from_bytes(data) for key, data in objects.items()})
+    return open_from_metadata(MemoryStore(store_dict), "", metadata)[region]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pyarrow as pa
 
-from loupe.storage import activations, arrays, layout, manifest, renders, tables
+from loupe.storage import activations, arrays, examples, layout, manifest, renders, tables
 from loupe.storage.checksums import canonical_json
 from loupe.storage.completion import ItemRecord
 from loupe.storage.errors import StorageError
@@ -101,6 +101,27 @@ class ItemWriter:
             self.record.covers.append({"type": "activations", "model": model, "layer": layer, "pooling": pooling,
                                        "array": path, "images": [int(image_start), int(image_start) + len(values)]})
 
+    def write_example_pictures(self, model: str, layer: str, kind: str, units: Sequence[int], pictures: np.ndarray,
+                               heatmaps: np.ndarray) -> None:
+        """Write example pictures (uint8 [n, slots, P, P, 3]) and heat maps (float16 [n, slots, H, H]) of
+        `units` (strictly increasing; may span several shards): each shard object is encoded once from
+        every unit of it given here, so give each shard's units in one call."""
+        where = f"work item {self.key}: {kind} example pictures of {model}/{layer}"
+        examples.check_kind(kind, where)
+        paths = {what: layout.example_array(model, layer, kind, what) for what in examples.WHAT}
+        metas = {what: self.writer.array_metadata(path) for what, path in paths.items()}
+        geometry = examples.geometry_from_metadata(json.loads(metas["pictures"]), json.loads(metas["heatmaps"]))
+        unit_ids = np.asarray(list(units), dtype=np.int64)
+        examples.check_units(geometry, unit_ids, pictures, heatmaps, where)
+        for what, values in (("pictures", pictures), ("heatmaps", heatmaps)):
+            for key, data in arrays.encode_rows(metas[what], unit_ids, values).items():
+                self._put(f"{paths[what]}/{key}", data)
+            self._track_array(paths[what], metas[what])
+        for start, stop in manifest.to_ranges(unit_ids.tolist()):
+            self.record.covers.append({"type": "examples", "model": model, "layer": layer, "kind": kind,
+                                       "pictures": paths["pictures"], "heatmaps": paths["heatmaps"],
+                                       "units": [start, stop]})
+
     def _write_table(self, name: str, table: pa.Table, model: str | None, layer: str | None) -> None:
         where = f"work item {self.key}: {name} table" + (f" of {model}/{layer}" if model else "")
         table = tables.prepare(table, name, model, layer, where)
@@ -118,6 +139,14 @@ class ItemWriter:
     def write_examples(self, model: str, layer: str, table: pa.Table) -> None:
         """Dataset example rows (unit, top/bottom, rank, image id, value, y, x, crop box ...)."""
         self._write_table(tables.EXAMPLES, table, model, layer)
+
+    def write_samples(self, model: str, layer: str, table: pa.Table) -> None:
+        """Quantile-band samples (unit, band, slot, image, value, band edges, crop boxes ...)."""
+        self._write_table(tables.SAMPLES, table, model, layer)
+
+    def write_histograms(self, model: str, layer: str, table: pa.Table) -> None:
+        """Histograms of each unit's per-image max (unit, bin, lower, upper, count)."""
+        self._write_table(tables.HISTOGRAMS, table, model, layer)
 
     def write_images(self, table: pa.Table) -> None:
         """Image id -> URI rows (needs 'image_id' and 'uri' columns)."""

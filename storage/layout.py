@@ -106,6 +106,13 @@ def activation_array(model: str, layer: str, pooling: str) -> str:
     return f"activations/{check_name(model, 'model')}/{check_name(layer, 'layer')}/{check_name(pooling, 'pooling')}.zarr"
 
 
+def example_array(model: str, layer: str, kind: str, what: str) -> str:
+    """Zarr array of a layer's example pictures or heat maps of one kind (top, bottom, samples)."""
+    if what not in ("pictures", "heatmaps"):
+        raise ValueError(f"example array must be pictures or heatmaps, got {what!r}")
+    return f"examples/{check_name(model, 'model')}/{check_name(layer, 'layer')}/{check_name(kind, 'example kind')}.{what}.zarr"
+
+
 def table_part(table: str, key: str, model: str | None = None, layer: str | None = None) -> str:
     """One Parquet file per work item; units/examples are hive-partitioned by model and layer."""
     name = f"part-{check_name(key, 'work item key')}.parquet"

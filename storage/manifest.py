@@ -119,7 +119,7 @@ def _index_covers(records: list[ItemRecord]) -> tuple[dict[str, dict[str, dict]]
 
     def layer_entry(cover: dict) -> dict:
         return layers.setdefault(cover["model"], {}).setdefault(
-            cover["layer"], {"renders": {}, "activations": {}, "tables": {}})
+            cover["layer"], {"renders": {}, "activations": {}, "tables": {}, "examples": {}})
 
     for record in records:
         for cover in record.covers:
@@ -132,6 +132,10 @@ def _index_covers(records: list[ItemRecord]) -> tuple[dict[str, dict[str, dict]]
                 entry = layer_entry(cover)["activations"].setdefault(
                     cover["pooling"], {"array": cover["array"], "images": []})
                 entry["images"].append(cover["images"])
+            elif kind == "examples":
+                entry = layer_entry(cover)["examples"].setdefault(
+                    cover["kind"], {"pictures": cover["pictures"], "heatmaps": cover["heatmaps"], "units": []})
+                entry["units"].append(cover["units"])
             elif kind == "table" and cover["table"] == "images":
                 images_tables[cover["path"]] = {**record.objects[cover["path"]], "rows": cover["rows"]}
             elif kind == "table":
@@ -152,6 +156,9 @@ def _summarize_layers(layers: dict[str, dict[str, dict]], arrays_out: dict[str, 
                 render["shape"] = arrays_out.get(render["array"], {}).get("metadata", {}).get("shape")
                 units += render["units"]
                 render_units[kind] = render_units.get(kind, 0) + range_count(render["units"])
+            for pictures in entry["examples"].values():
+                pictures["units"] = merge_ranges(pictures["units"])
+                pictures["shape"] = arrays_out.get(pictures["pictures"], {}).get("metadata", {}).get("shape")
             for pooled in entry["activations"].values():
                 pooled["images"] = merge_ranges(pooled["images"])
                 pooled["shape"] = arrays_out.get(pooled["array"], {}).get("metadata", {}).get("shape")
@@ -192,6 +199,9 @@ def _named_paths(manifest: dict) -> Iterable[object]:
                 yield render["objective"]
             for pooled in entry.get("activations", {}).values():
                 yield pooled["array"]
+            for pictures in entry.get("examples", {}).values():
+                yield pictures["pictures"]
+                yield pictures["heatmaps"]
             for files in entry.get("tables", {}).values():
                 yield from files
 

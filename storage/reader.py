@@ -15,6 +15,7 @@ whole objects only, each checked against its SHA-256.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping
 
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
-from loupe.storage import arrays, checksums, layout, manifest as manifests, publish, renders, tables
+from loupe.storage import arrays, checksums, display, examples, layout, manifest as manifests, publish, renders, tables
 from loupe.storage.errors import ChecksumError, StorageError, VersionNotFoundError
 from loupe.storage.guarded_store import ManifestGuardedStore
 from loupe.storage.objects import ObjectStore
@@ -198,6 +199,38 @@ class Atlas:
             images = np.concatenate([self._read(array, entry["array"], slice(a, b), None) for a, b in entry["units"]])
         return units, images
 
+    def render_units(self, model: str, layer: str, kind: str = "channel") -> list[int]:
+        """Units that have a render of this kind."""
+        return [u for a, b in self._render_entry(model, layer, kind)["units"] for u in range(a, b)]
+
+    def render_samples(self, model: str, layer: str, kind: str = "channel") -> int:
+        """Images per unit of a render kind (1, or the size of a diversity set)."""
+        shape = self.manifest["arrays"][self._render_entry(model, layer, kind)["array"]]["metadata"]["shape"]
+        return 1 if len(shape) == 4 else int(shape[1])
+
+    # ---- example pictures -------------------------------------------------------------------
+    def example_kinds(self, model: str, layer: str) -> list[str]:
+        """Kinds of stored example pictures of a layer (top, bottom, samples); [] without a scan."""
+        return [k for k in examples.KINDS if k in self._layer(model, layer).get("examples", {})]
+
+    def example_pictures(self, model: str, layer: str, unit: int, kind: str = "top") -> "ExamplePictures":
+        """One unit's stored example pictures and heat maps of one kind (two ranged reads)."""
+        entry = self._layer(model, layer).get("examples", {}).get(kind)
+        if entry is None:
+            raise StorageError(f"atlas {self.url}: no {kind!r} example pictures for {model}/{layer} in version "
+                               f"{self.version}; kinds: {self.example_kinds(model, layer)}")
+        unit = int(unit)
+        if not any(start <= unit < stop for start, stop in entry["units"]):
+            raise StorageError(f"atlas {self.url}: unit {unit} of {model}/{layer} has no {kind!r} example pictures "
+                               f"in version {self.version}")
+        metas = {what: self.manifest["arrays"][entry[what]]["metadata"] for what in examples.WHAT}
+        geometry = examples.geometry_from_metadata(metas["pictures"], metas["heatmaps"])
+        values = {}
+        for what in examples.WHAT:
+            key = examples.shard_key(geometry, unit, len(metas[what]["shape"]))
+            values[what] = self._read(self.array(entry[what]), entry[what], unit, key)
+        return ExamplePictures(values["pictures"], values["heatmaps"])
+
     def objective(self, model: str, layer: str, unit: int, kind: str = "channel") -> float | np.ndarray:
         """The final objective value of a unit's render."""
         entry = self._render_entry(model, layer, kind)
@@ -213,23 +246,27 @@ class Atlas:
         return LazyArray(self, entry["array"])
 
     # ---- tables -------------------------------------------------------------------------
+    def _table_file(self, path: str, entry: dict) -> pa.Table:
+        if path not in self._tables:
+            rel = f"{layout.version_dir(self.version)}/{path}"
+            self._tables[path] = tables.decode(self.store.get(rel, expected=entry))
+        return self._tables[path]
+
     def _table_files(self, files: Mapping[str, dict]) -> pa.Table | None:
-        parts = []
-        for path, entry in sorted(files.items()):
-            if path not in self._tables:
-                rel = f"{layout.version_dir(self.version)}/{path}"
-                self._tables[path] = tables.decode(self.store.get(rel, expected=entry))
-            parts.append(self._tables[path])
+        parts = [self._table_file(path, entry) for path, entry in sorted(files.items())]
         if not parts:
             return None
         return pa.concat_tables(parts, promote_options="permissive")
 
     def units_table(self, model: str, layer: str) -> pa.Table:
-        """Per-unit rows of a layer (statistics from the scan, render facts from render items)."""
-        table = self._table_files(self._layer(model, layer)["tables"].get(tables.UNITS, {}))
-        if table is None:
+        """One row per unit of a layer, sorted by unit: statistics (reduce), render scores (render
+        items) and natural ratios (score items), joined on `unit`; a column several parts hold takes
+        the first non-null value in part order."""
+        files = self._layer(model, layer)["tables"].get(tables.UNITS, {})
+        parts = [self._table_file(path, entry) for path, entry in sorted(files.items())]
+        if not parts:
             raise StorageError(f"atlas {self.url}: no units table for {model}/{layer} in version {self.version}")
-        return table
+        return join_on_unit(parts)
 
     def examples(self, model: str, layer: str, unit: int | None = None) -> pa.Table:
         """Dataset example rows of a layer, or of one unit."""
@@ -240,16 +277,40 @@ class Atlas:
             return table
         return table.filter(pc.equal(table.column("unit"), int(unit)))
 
+    def _unit_table(self, name: str, model: str, layer: str, unit: int | None) -> pa.Table:
+        table = self._table_files(self._layer(model, layer)["tables"].get(name, {}))
+        if table is None:
+            raise StorageError(f"atlas {self.url}: no {name} table for {model}/{layer} in version {self.version}")
+        return table if unit is None else table.filter(pc.equal(table.column("unit"), int(unit)))
+
+    def samples(self, model: str, layer: str, unit: int | None = None) -> pa.Table:
+        """Random samples per activation band (unit, band, slot, image, value, band edges, crop boxes)."""
+        return self._unit_table(tables.SAMPLES, model, layer, unit)
+
+    def histograms(self, model: str, layer: str) -> pa.Table:
+        """Histograms of every unit's per-image max (unit, bin, lower, upper, count)."""
+        return self._unit_table(tables.HISTOGRAMS, model, layer, None)
+
+    def histogram(self, model: str, layer: str, unit: int) -> pa.Table:
+        """One unit's histogram rows, by bin."""
+        return self._unit_table(tables.HISTOGRAMS, model, layer, unit).sort_by("bin")
+
+    # ---- notebook display --------------------------------------------------------------
+    def unit(self, model: str, layer: str, unit: int) -> "display.UnitView":
+        """A unit's renders, top/bottom examples and statistics; shows itself as HTML in Jupyter."""
+        return display.unit_view(self, model, layer, int(unit))
+
+    def layer(self, model: str, layer: str, kind: str = "channel") -> "display.LayerView":
+        """A layer's renders as a grid; shows itself as HTML in Jupyter."""
+        return display.layer_view(self, model, layer, kind)
+
     def stats(self, model: str, layer: str, unit: int) -> dict:
         """A unit's statistics merged from every units-table row about it."""
         table = self.units_table(model, layer)
         rows = table.filter(pc.equal(table.column("unit"), int(unit))).to_pylist()
         if not rows:
             raise StorageError(f"atlas {self.url}: no statistics for unit {unit} of {model}/{layer}")
-        merged: dict = {}
-        for row in rows:
-            merged.update({k: v for k, v in row.items() if v is not None})
-        return merged
+        return {k: v for k, v in rows[0].items() if v is not None}
 
     def images(self) -> pa.Table:
         """The images table (image_id -> uri)."""
@@ -269,6 +330,39 @@ class Atlas:
             for path in batch:
                 checksums.verify(got[f"{layout.version_dir(self.version)}/{path}"], sums[path], self._object_url(path))
         return len(paths)
+
+
+@dataclass(frozen=True)
+class ExamplePictures:
+    """One unit's example pictures (uint8 [slots, P, P, 3]) and heat maps (float16 [slots, H, H]) of a kind."""
+
+    pictures: np.ndarray
+    heatmaps: np.ndarray
+
+
+def join_on_unit(parts: list[pa.Table]) -> pa.Table:
+    """Outer-join tables on `unit`: one row per unit, sorted; for a column in several parts, the
+    first non-null value in part order."""
+    units = pa.chunked_array([p.column("unit").cast(pa.int64()) for p in parts]).unique().sort()
+    joined = pa.table({"unit": units})
+    for part in parts:
+        part = part.cast(pa.schema([f.with_type(pa.int64()) if f.name == "unit" else f for f in part.schema]))
+        part = part.group_by("unit").aggregate([(c, "first") for c in part.column_names if c != "unit"]) \
+            if len(pc.unique(part.column("unit"))) != part.num_rows else part
+        part = part.rename_columns([c[:-len("_first")] if c.endswith("_first") else c for c in part.column_names])
+        right = part.rename_columns([c if c == "unit" else f"__new__{c}" for c in part.column_names])
+        joined = joined.join(right, "unit", join_type="left outer")
+        for name in [c for c in part.column_names if c != "unit"]:
+            new = joined.column(f"__new__{name}")
+            if name in joined.column_names:
+                merged = pc.coalesce(joined.column(name), new.cast(joined.column(name).type))
+                joined = joined.set_column(joined.column_names.index(name), name, merged)
+            else:
+                joined = joined.append_column(name, new)
+            joined = joined.drop_columns([f"__new__{name}"])
+        joined = joined.sort_by("unit")
+    unit_type = parts[0].schema.field("unit").type
+    return joined.set_column(0, "unit", joined.column("unit").cast(unit_type)).sort_by("unit")
 
 
 class RangeReadError(StorageError):

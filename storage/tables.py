@@ -1,4 +1,4 @@
-"""Parquet tables: units and examples hive-partitioned by model and layer, and an images table.
+"""Parquet tables: units, examples, samples and histograms hive-partitioned by model and layer, and an images table.
 
 Each work item writes its own part file named by its key, so repeating an item replaces the file
 with identical bytes instead of appending duplicate rows. model and layer live only in the
@@ -17,7 +17,10 @@ from loupe.storage.errors import StorageError
 UNITS = "units"
 EXAMPLES = "examples"
 IMAGES = "images"
-TABLES = (UNITS, EXAMPLES, IMAGES)
+SAMPLES = "samples"
+HISTOGRAMS = "histograms"
+TABLES = (UNITS, EXAMPLES, IMAGES, SAMPLES, HISTOGRAMS)
+PER_UNIT = (UNITS, EXAMPLES, SAMPLES, HISTOGRAMS)
 PARTITION_COLUMNS = ("model", "layer")
 
 
@@ -25,11 +28,11 @@ def prepare(table: pa.Table, name: str, model: str | None, layer: str | None, wh
     """Check required columns and drop partition columns that merely repeat model and layer."""
     if not isinstance(table, pa.Table):
         raise StorageError(f"{where}: expected a pyarrow.Table, got {type(table).__name__}")
-    required = {"unit"} if name in (UNITS, EXAMPLES) else {"image_id", "uri"}
+    required = {"unit"} if name in PER_UNIT else {"image_id", "uri"}
     missing = required - set(table.column_names)
     if missing:
         raise StorageError(f"{where}: {name} table is missing column(s) {sorted(missing)}")
-    if name in (UNITS, EXAMPLES) and not pa.types.is_integer(table.schema.field("unit").type):
+    if name in PER_UNIT and not pa.types.is_integer(table.schema.field("unit").type):
         raise StorageError(f"{where}: column 'unit' must be integers, got {table.schema.field('unit').type}")
     for column, expected in zip(PARTITION_COLUMNS, (model, layer)):
         if column in table.column_names:

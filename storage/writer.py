@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from loupe.storage import activations, arrays, checksums, layout, manifest, probe, publish, renders
+import numpy as np
+import pyarrow as pa
+
+from loupe.storage import activations, arrays, checksums, examples, layout, manifest, probe, publish, renders, tables
 from loupe.storage.checksums import canonical_json
 from loupe.storage.completion import ItemRecord
 from loupe.storage.errors import StorageError, VersionNotFoundError
@@ -142,6 +145,17 @@ class AtlasWriter:
         self._declare(layout.render_array(model, layer, kind), renders.images_metadata(geometry, attrs))
         self._declare(layout.objective_array(model, layer, kind), renders.objective_metadata(geometry, attrs))
 
+    def declare_examples(self, model: str, layer: str, kind: str, *, n_units: int, slots: int, picture_size: int,
+                         heatmap_size: int, units_per_shard: int) -> None:
+        """Create (idempotently) one kind's example-picture and heat-map arrays for a layer."""
+        where = f"example pictures of {model}/{layer}/{kind}"
+        examples.check_kind(kind, where)
+        geometry = examples.ExampleGeometry(n_units, slots, picture_size, heatmap_size, units_per_shard)
+        geometry.validate(where)
+        attrs = {"loupe": {"model": model, "layer": layer, "kind": kind}}
+        self._declare(layout.example_array(model, layer, kind, "pictures"), examples.pictures_metadata(geometry, attrs))
+        self._declare(layout.example_array(model, layer, kind, "heatmaps"), examples.heatmaps_metadata(geometry, attrs))
+
     def declare_activations(self, model: str, layer: str, *, n_images: int, n_channels: int,
                             images_per_chunk: int, dtype: str = "float16",
                             poolings: Sequence[str] = activations.POOLINGS) -> None:
@@ -202,6 +216,47 @@ class AtlasWriter:
             url = self.store.location.url_of(self._rel(path))
             raise StorageError(f"work item {key} has no completed partial {name!r} ({url})", url=url)
         return self.store.get(self._rel(path), objects[path])
+
+    def _record_objects_of(self, key: str) -> dict:
+        objects = self._record_objects.get(key)
+        if objects is None:
+            record = self.item_record(key)
+            if record is None:
+                url = self.store.location.url_of(layout.item_record(self.version, key))
+                raise StorageError(f"work item {key} is not complete in version {self.version} ({url})", url=url)
+            objects = record.objects
+            self._record_objects[key] = objects
+            while len(self._record_objects) > _RECORD_CACHE:
+                self._record_objects.popitem(last=False)
+        return objects
+
+    def read_table_part(self, key: str, table: str, model: str, layer: str) -> pa.Table:
+        """A completed item's table part in this draft, verified against the item's record."""
+        path = layout.table_part(table, key, model, layer)
+        objects = self._record_objects_of(key)
+        if path not in objects:
+            url = self.store.location.url_of(self._rel(path))
+            raise StorageError(f"work item {key} wrote no {table} table for {model}/{layer} ({url})", url=url)
+        return tables.decode(self.store.get(self._rel(path), objects[path]))
+
+    def read_activation_chunks(self, model: str, layer: str, pooling: str,
+                               keys: Sequence[str]) -> Iterator[tuple[int, np.ndarray]]:
+        """(first image, values [rows, channels]) of each activation chunk the scan items `keys` wrote
+        for this array, item by item, one verified chunk at a time (bounded memory)."""
+        path = layout.activation_array(model, layer, pooling)
+        meta_bytes = self.array_metadata(path)
+        meta = json.loads(meta_bytes)
+        per_chunk = arrays.outer_chunk_shape(meta)[0]
+        n_images = meta["shape"][0]
+        for key in keys:
+            objects = self._record_objects_of(key)
+            chunk_paths = sorted((p for p in objects if p.startswith(path + "/c/")),
+                                 key=lambda p: int(p[len(path) + 3:].split("/")[0]))
+            for chunk_path in chunk_paths:
+                data = self.store.get(self._rel(chunk_path), objects[chunk_path])
+                index = int(chunk_path[len(path) + 3:].split("/")[0])
+                start, stop = index * per_chunk, min((index + 1) * per_chunk, n_images)
+                yield start, activations.decode_chunk(meta_bytes, chunk_path[len(path) + 1:], data, start, stop)
 
     def reuse_items(self, keys: Iterable[str], source: str | None = _UNSET) -> set[str]:
         """Copy finished items from another version instead of recomputing them.

@@ -140,6 +140,28 @@ class DatasetConfig(_Strict):
     id_column: str | None = None
 
 
+class ExamplesConfig(_Strict):
+    """Pictures a unit page shows without the dataset: top/bottom examples and quantile-band samples."""
+
+    enabled: bool = Field(default=True, description="store example pictures, heat maps, band samples, histograms")
+    example_size: int = Field(default=96, ge=8, le=512, description="side of each stored example picture (px)")
+    heatmap_size: int = Field(default=24, ge=2, le=256, description="side of each stored activation heat map")
+    quantiles: tuple[float, ...] = Field(default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                                         description="band edges as quantiles of the per-image max, 0 to 1")
+    samples_per_band: int = Field(default=5, ge=1, le=256, description="random images stored per band")
+    histogram_bins: int = Field(default=32, ge=1, le=4096)
+    seed: int = Field(default=0, description="seed of the band samples")
+    units_per_item: int = Field(default=64, ge=1, le=4096,
+                                description="units per stored shard of example pictures")
+
+    @field_validator("quantiles")
+    @classmethod
+    def _bands(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(value) < 2 or value[0] != 0.0 or value[-1] != 1.0 or any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError(f"must rise strictly from 0 to 1 (at least one band), got {list(value)}")
+        return value
+
+
 class ScanConfig(_Strict):
     enabled: bool = True
     dataset: DatasetConfig
@@ -149,6 +171,14 @@ class ScanConfig(_Strict):
     image_size: int | None = Field(default=None, ge=8, description="default: the model's input size")
     decode_workers: int = Field(default=2, ge=0, le=64)
     pooled_activations: bool = True
+    examples: ExamplesConfig = ExamplesConfig()
+
+    @model_validator(mode="after")
+    def _samples_need_pooled(self) -> "ScanConfig":
+        if self.examples.enabled and not self.pooled_activations:
+            raise ValueError("examples need pooled_activations: true (band samples and histograms are drawn "
+                             "from the stored per-image maxima); set examples.enabled: false to scan without them")
+        return self
 
 
 class ResourcesConfig(_Strict):

@@ -28,15 +28,16 @@ class Outcome:
 class Schedule:
     """Which item runs next: the first one, in the given order, whose inputs are done.
 
-    A reduce item needs every scan shard it merges (`ReduceSpec.scan_items`) that is in this batch,
-    so it starts as soon as they finish, ahead of render items still waiting; if one of them fails,
-    the reduce is not run and is reported failed with that reason.
+    An item needs the items its spec names as inputs (`spec.inputs()`: a reduce its scan shards, a
+    score its reduce and renders) that are in this batch, so it starts as soon as they finish,
+    ahead of items still waiting; if one of them fails, it is not run and is reported failed with
+    that reason.
     """
 
     def __init__(self, items: Sequence[WorkItem]) -> None:
         keys = {item.key for item in items}
         self.pending = list(items)
-        self.needs = {item.key: set(getattr(item.spec, "scan_items", ())) & keys for item in items}
+        self.needs = {item.key: set(item.spec.inputs()) & keys for item in items}
         self.done: set[str] = set()
         self.failed: dict[str, str] = {}
 

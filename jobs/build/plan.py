@@ -15,7 +15,11 @@ from typing import Any, ClassVar
 from loupe.jobs.build.resolve import ResolvedModel
 
 #: Bump when a stage's algorithm changes its output for the same inputs; invalidates that stage only.
-CODE_VERSIONS = {"render": "render-2", "scan": "scan-3", "reduce": "reduce-3"}
+#: The render kind whose pictures get quality scores (fv_activation, fv_robustness, fv_natural_ratio).
+SCORED_KIND = "channel"
+#: Fresh random transforms drawn to measure a render's fv_robustness.
+SCORE_TRANSFORMS = 8
+CODE_VERSIONS = {"render": "render-3", "scan": "scan-3", "reduce": "reduce-4", "score": "score-1"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,9 @@ class RenderSpec:
 
     def key_fields(self) -> dict[str, Any]:
         return asdict(self)
+
+    def inputs(self) -> tuple[str, ...]:
+        return ()
 
     def describe(self) -> str:
         return f"{self.layer}/{self.kind} units {self.units[0]}..{self.units[-1]}"
@@ -63,16 +70,22 @@ class ScanSpec:
         del fields["images_per_batch"], fields["decode_workers"]
         return fields
 
+    def inputs(self) -> tuple[str, ...]:
+        return ()
+
     def describe(self) -> str:
         return f"shard {self.shard_index + 1}/{self.shard_count}"
 
 
 @dataclass(frozen=True)
 class ReduceSpec:
-    """Merge one layer's partials of a model's scan shards into that layer's units and examples tables.
+    """Merge one layer's partials of a model's scan shards into that layer's units and examples
+    tables, then (with `examples`) store the pictures a unit page shows.
 
     One reduce per layer (not per model): it folds the shards' partials of `layer` one at a time,
     so its memory is one layer's result plus one shard's layer, whatever the number of shards.
+    The band samples and histograms come from one streamed read of the layer's pooled maxima,
+    and the pictures from one decode of each image the layer needs (not a pass over the dataset).
     """
 
     layer: str
@@ -80,18 +93,58 @@ class ReduceSpec:
     scan_items: tuple[str, ...]
     listing: str
     write_images: bool  # exactly one reduce of the build writes the dataset's images table
+    examples: bool = False
+    example_size: int = 96
+    heatmap_size: int = 24
+    quantiles: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    samples_per_band: int = 5
+    histogram_bins: int = 32
+    seed: int = 0
+    units_per_item: int = 64  # units per stored shard of example pictures
+    images_per_batch: int = 64  # must equal the scan's: pictures' activations are then bit-identical to it
+    decode_workers: int = 2  # how, not what: not keyed
 
     stage: ClassVar[str] = "reduce"
 
     def key_fields(self) -> dict[str, Any]:
-        return asdict(self)
+        fields = asdict(self)
+        del fields["decode_workers"]
+        return fields
+
+    def inputs(self) -> tuple[str, ...]:
+        return self.scan_items
 
     def describe(self) -> str:
         return f"reduce {self.layer} of {len(self.scan_items)} shard(s)"
 
 
-Spec = RenderSpec | ScanSpec | ReduceSpec
-_SPECS: dict[str, type] = {spec.stage: spec for spec in (RenderSpec, ScanSpec, ReduceSpec)}
+@dataclass(frozen=True)
+class ScoreSpec:
+    """Divide each unit's render activation by its natural activations over the dataset.
+
+    Needs the layer's reduce (natural max and p99) and the channel render items of the layer
+    (their `fv_activation`); keyed by both, so it is redone when either changes and never
+    makes a render depend on the dataset.
+    """
+
+    layer: str
+    reduce_item: str
+    render_items: tuple[str, ...]
+
+    stage: ClassVar[str] = "score"
+
+    def key_fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.reduce_item, *self.render_items)
+
+    def describe(self) -> str:
+        return f"scores of {self.layer}"
+
+
+Spec = RenderSpec | ScanSpec | ReduceSpec | ScoreSpec
+_SPECS: dict[str, type] = {spec.stage: spec for spec in (RenderSpec, ScanSpec, ReduceSpec, ScoreSpec)}
 
 
 @dataclass(frozen=True)
@@ -167,3 +220,16 @@ def plan_renders(model: ResolvedModel) -> list[WorkItem]:
                 )
                 items.append(make_item(model.id, identity, spec, cost=len(block)))
     return items
+
+
+def plan_scores(model: ResolvedModel, items: list[WorkItem]) -> list[WorkItem]:
+    """One score item per layer that has both a reduce and channel renders among `items`."""
+    identity = model_identity(model)
+    reduces = {item.spec.layer: item.key for item in items if isinstance(item.spec, ReduceSpec)}
+    renders: dict[str, list[str]] = {}
+    for item in items:
+        if isinstance(item.spec, RenderSpec) and item.spec.kind == SCORED_KIND:
+            renders.setdefault(item.spec.layer, []).append(item.key)
+    return [make_item(model.id, identity, ScoreSpec(layer=layer, reduce_item=reduces[layer],
+                                                    render_items=tuple(renders[layer])), cost=0)
+            for layer in reduces if layer in renders]

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from loupe.jobs.build import execute, scan_plan, shared_state
 from loupe.jobs.build.config import BuildConfig
-from loupe.jobs.build.plan import CODE_VERSIONS, WorkItem, model_identity, plan_renders
+from loupe.jobs.build.plan import CODE_VERSIONS, WorkItem, model_identity, plan_renders, plan_scores
 from loupe.jobs.build.progress import BuildSummary, Progress
 from loupe.jobs.build.resolve import ResolvedModel, resolve_build
 from loupe.storage import AtlasState, AtlasWriter, PublishConflictError, VersionStatus, check_writable, item_keys, read_state
@@ -49,7 +49,7 @@ class Execution:
 class BuildPlan:
     config: BuildConfig
     models: list[ResolvedModel]
-    items: dict[str, list[WorkItem]]  # model id -> its render and scan items, then its reduce items (one per layer) last
+    items: dict[str, list[WorkItem]]  # model id -> its render, scan, reduce (one per layer) and score items
     listing: Any = None
 
     def all_keys(self) -> set[str]:
@@ -71,6 +71,7 @@ def make_plan(config: BuildConfig, *, device: str | None = None) -> BuildPlan:
         planned = plan_renders(model)
         if listing is not None:
             planned += scan_plan.plan_scan(model, config.scan, listing, write_images=index == 0)
+            planned += plan_scores(model, planned)
         items[model.id] = planned
     return BuildPlan(config, models, items, listing)
 
@@ -134,7 +135,7 @@ def _build_draft(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summar
         summary.notes.append(str(exc))
 
 
-_STAGE_ORDER = {"scan": 0, "reduce": 1, "render": 2}
+_STAGE_ORDER = {"scan": 0, "reduce": 1, "render": 2, "score": 3}
 
 
 def _run_items(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary: BuildSummary, run: Execution) -> None:
@@ -180,9 +181,9 @@ def _runner_args(plan: BuildPlan, model: ResolvedModel, writer: AtlasWriter, ite
         "storage_options": config.atlas.storage_options,
         "scan_context": scan_plan.scan_context(config.scan, plan.listing),
     }
-    if any(item.stage == "scan" for item in items):
-        # Crop boxes depend only on the architecture: probe once here and share them through
-        # storage, not once per actor.
+    if any(item.stage in ("scan", "reduce") for item in items):
+        # Crop boxes (scans, and example pictures in reduces) depend only on the architecture:
+        # probe once here and share them through storage, not once per actor.
         args["scan_context"]["receptive_fields"] = shared_state.save_receptive_fields(writer, model)
     return args
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loupe.jobs.build.config import ModelConfig
-from loupe.jobs.build.plan import RenderSpec, WorkItem, item_meta
+from loupe.jobs.build.plan import SCORE_TRANSFORMS, SCORED_KIND, RenderSpec, WorkItem, item_meta
 from loupe.jobs.build.resolve import build_model
 from loupe.storage import AtlasWriter
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class ItemRunner:
@@ -52,6 +55,10 @@ class ItemRunner:
             return {"key": item.key, "status": "already-done", "cost": item.cost, "seconds": 0.0}
         if item.stage == "render":
             extra = self._render(item)
+        elif item.stage == "score":
+            from loupe.jobs.build.score_stage import run_score
+
+            extra = run_score(self, item)
         else:
             from loupe.jobs.build.scan_stage import run_scan_stage
 
@@ -75,4 +82,19 @@ class ItemRunner:
             objective = objective.reshape(len(spec.units), per_unit)
         with self.writer.item(item.key, item_meta(item)) as out:
             out.write_renders(self.config.id, spec.layer, spec.kind, list(spec.units), images, objective)
+            if spec.kind == SCORED_KIND:
+                out.write_units(self.config.id, spec.layer, self._scores(spec, images))
         return {}
+
+    def _scores(self, spec: RenderSpec, images) -> "pa.Table":
+        """fv_activation and fv_robustness of each unit's render (see pipeline/featurevis/scores.py)."""
+        import numpy as np
+        import pyarrow as pa
+
+        from loupe.pipeline.featurevis import score_renders
+
+        scores = score_renders(self.model, spec.layer, list(spec.units), images, transforms=SCORE_TRANSFORMS,
+                               seed=spec.seed, images_per_step=len(spec.units))
+        return pa.table({"unit": pa.array(np.asarray(spec.units, dtype=np.int32)),
+                         "fv_activation": pa.array(scores.activation.astype(np.float64)),
+                         "fv_robustness": pa.array(scores.robustness.astype(np.float64))})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from loupe.jobs.build.config import ScanConfig
+from loupe.jobs.build.examples_stage import slot_counts
 from loupe.jobs.build.plan import ReduceSpec, ScanSpec, WorkItem, make_item, model_identity
 from loupe.jobs.build.resolve import ResolvedModel
 from loupe.jobs.build.shared_state import save_listing
@@ -48,13 +49,20 @@ def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write
         for index, (start, stop) in enumerate(ranges)
     ]
     scan_keys = tuple(i.key for i in items)
+    examples = scan.examples
     reduces = [
-        make_item(model.id, identity, ReduceSpec(layer=layer, layer_index=index, scan_items=scan_keys,
-                                                 listing=listing.fingerprint, write_images=write_images and index == 0),
-                  cost=0)
+        make_item(model.id, identity, ReduceSpec(
+            layer=layer, layer_index=index, scan_items=scan_keys, listing=listing.fingerprint,
+            write_images=write_images and index == 0, examples=examples.enabled,
+            example_size=examples.example_size, heatmap_size=examples.heatmap_size,
+            quantiles=tuple(examples.quantiles), samples_per_band=examples.samples_per_band,
+            histogram_bins=examples.histogram_bins, seed=examples.seed, units_per_item=examples.units_per_item,
+            images_per_batch=scan.images_per_batch, decode_workers=scan.decode_workers,
+        ), cost=0)
         for index, layer in enumerate(layers)
     ]
     return items + reduces
+
 
 
 def declare_scan_arrays(writer: AtlasWriter, model: ResolvedModel, scan: ScanConfig, listing: Listing) -> None:
@@ -66,3 +74,11 @@ def declare_scan_arrays(writer: AtlasWriter, model: ResolvedModel, scan: ScanCon
     for layer in model.layers:
         writer.declare_activations(model.id, layer.info.name, n_images=len(listing),
                                    n_channels=layer.info.channels, images_per_chunk=per_chunk)
+        if not scan.examples.enabled:
+            continue
+        examples = scan.examples
+        for kind, slots in slot_counts(scan.k, len(examples.quantiles) - 1, examples.samples_per_band).items():
+            writer.declare_examples(model.id, layer.info.name, kind, n_units=layer.info.channels, slots=slots,
+                                    picture_size=scan.examples.example_size,
+                                    heatmap_size=scan.examples.heatmap_size,
+                                    units_per_shard=scan.examples.units_per_item)

@@ -9,10 +9,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from loupe.jobs.build.plan import ReduceSpec, ScanSpec, WorkItem, item_meta
 from loupe.jobs.build.shared_state import load_listing, load_receptive_fields
 from loupe.pipeline.data import Listing, LoaderOptions
 from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.models.catalog import LOGITS
 from loupe.storage import AtlasWriter, StorageError
 from loupe.storage.build_state import BuildState, partial_url, read_partial_arrays, write_partial_arrays
 
@@ -41,28 +45,28 @@ def _listing(runner, fingerprint: str) -> Listing:
     return cached
 
 
-def _shard_listing(runner, spec: ScanSpec) -> Listing:
-    """The shard's rows of the saved listing, reading only the listing blocks they overlap.
+def listing_rows(runner, fingerprint: str, start: int, stop: int) -> Listing:
+    """Rows [start, stop) of the saved listing, reading only the listing blocks they overlap.
 
     A listing saved before listings had blocks is loaded whole (once per actor) and sliced.
     """
     state = BuildState.of(runner.writer)
-    rows = state.get_listing_rows(spec.listing, spec.start, spec.stop)
+    rows = state.get_listing_rows(fingerprint, start, stop)
     if rows is None:
-        return _listing(runner, spec.listing).slice(spec.start, spec.stop)
-    url = state.listing_url(spec.listing)
+        return _listing(runner, fingerprint).slice(start, stop)
+    url = state.listing_url(fingerprint)
     try:
-        shard = replace(Listing.from_table(rows, url), start=spec.start)
+        part = replace(Listing.from_table(rows, url), start=start)
     except LoupeError as exc:
-        raise StorageError(f"listing {url}, rows [{spec.start}, {spec.stop}): {exc}", url=url) from None
-    if shard.fingerprint != spec.listing or shard.stop != spec.stop:
-        raise StorageError(f"listing {url} rows [{spec.start}, {spec.stop}) describe listing "
-                           f"{shard.fingerprint[:16]}... [{shard.start}, {shard.stop}), not {spec.listing[:16]}...",
+        raise StorageError(f"listing {url}, rows [{start}, {stop}): {exc}", url=url) from None
+    if part.fingerprint != fingerprint or part.stop != stop:
+        raise StorageError(f"listing {url} rows [{start}, {stop}) describe listing "
+                           f"{part.fingerprint[:16]}... [{part.start}, {part.stop}), not {fingerprint[:16]}...",
                            url=url)
-    return shard
+    return part
 
 
-def _receptive_fields(runner) -> dict | None:
+def receptive_fields(runner) -> dict | None:
     """The fields the driver saved (verified on every read), once per actor."""
     context = runner.scan_context or {}
     key = context.get("receptive_fields")
@@ -81,11 +85,11 @@ def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
     from loupe.pipeline.scan import ScanOptions, Scanner, scan_dataset
 
     spec: ScanSpec = item.spec
-    shard = _shard_listing(runner, spec)
+    shard = listing_rows(runner, spec.listing, spec.start, spec.stop)
     options = ScanOptions(k=spec.k, pooled=spec.pooled, chunk_images=spec.chunk_images)
     key = (spec.layers, options)
     if getattr(runner, "_scanner_key", None) != key:
-        runner._scanner = Scanner(runner.model, list(spec.layers), options, receptive_fields=_receptive_fields(runner))
+        runner._scanner = Scanner(runner.model, list(spec.layers), options, receptive_fields=receptive_fields(runner))
         runner._scanner_key = key
     context = runner.scan_context or {}
     model_id = runner.config.id
@@ -105,17 +109,39 @@ def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
 
 
 def _run_reduce(runner, item: WorkItem) -> dict[str, Any]:
+    from loupe.jobs.build.examples_stage import write_layer_examples
+
     spec: ReduceSpec = item.spec
     merged = reduce_layer(runner.writer, list(spec.scan_items), spec.layer, spec.layer_index)
     model_id = runner.config.id
     skipped = [{"image_id": s.image_id, "reason": s.reason} for s in merged.skipped]
     with runner.writer.item(item.key, {"stage": "reduce", "skipped_images": len(skipped),
                                        "skipped_examples": skipped[:100]}) as out:
-        out.write_units(model_id, spec.layer, merged.units_table().drop_columns(["model"]))
-        out.write_examples(model_id, spec.layer, merged.examples_table().drop_columns(["model"]))
+        examples = merged.examples_table().drop_columns(["model"])
+        if spec.examples:
+            examples = write_layer_examples(runner, spec, merged, out)
+        out.write_units(model_id, spec.layer, unit_facts(merged.units_table().drop_columns(["model"]),
+                                                          spec.layer, runner.model))
+        out.write_examples(model_id, spec.layer, examples)
         if spec.write_images:
             out.write_images(_listing(runner, spec.listing).images_table())
     return {"images": 0, "skipped": len(skipped)}
+
+
+def unit_facts(units: pa.Table, layer: str, model) -> pa.Table:
+    """Add `dead` (never positive, or constant, over the dataset) and, for the logits, class `label`s."""
+    high = units.column("max_max").to_numpy(zero_copy_only=False)
+    low = units.column("max_min").to_numpy(zero_copy_only=False)
+    seen = units.column("images").to_numpy(zero_copy_only=False) > 0
+    with np.errstate(invalid="ignore"):
+        dead = seen & ((high <= 0) | (high == low))
+    units = units.append_column("dead", pa.array(dead))
+    categories = getattr(model, "categories", None)
+    if layer == LOGITS and categories:
+        index = units.column("unit").to_numpy(zero_copy_only=False)
+        labels = [categories[i] if 0 <= i < len(categories) else None for i in index.tolist()]
+        units = units.append_column("label", pa.array(labels, pa.string()))
+    return units
 
 
 def reduce_layer(writer: AtlasWriter, keys: list[str], layer: str, layer_index: int):

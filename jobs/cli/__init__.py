@@ -11,6 +11,7 @@ from loupe.jobs.cli.models import add_model_commands
 from loupe.jobs.cli.render import add_render_command
 from loupe.jobs.cli.sample_images import add_sample_images_command
 from loupe.jobs.cli.scan import add_scan_command
+from loupe.jobs.cli.view import add_view_command
 from loupe.pipeline.errors import LoupeError
 from loupe.storage.errors import StorageError
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_images_command(subparsers)
     add_scan_command(subparsers)
     add_render_command(subparsers)
+    add_view_command(subparsers)
     return parser
 
 

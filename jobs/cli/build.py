@@ -39,9 +39,12 @@ def run(args: argparse.Namespace) -> int:
     for line in summary.lines():
         print(line)
     if summary.published or summary.unchanged:
+        from loupe.jobs.cli.view import view_command
+
         print(f"atlas: {config.atlas.url}")
         print(f"  look inside:  loupe atlas show {config.atlas.url}")
-        print(f"  in Python:    loupe.open_atlas({config.atlas.url!r}).render(model, layer, unit)")
+        print(f"  in Python:    loupe.open_atlas({config.atlas.url!r}).unit(model, layer, unit)")
+        print(f"  in a browser: {view_command(config.atlas.url)}")
         return 0
     return 1
 

@@ -35,6 +35,12 @@ class ImageDecodeError(Exception):
 
 def decode_image(data: bytes | None, input_size: int, resize_size: int) -> np.ndarray:
     """Decode `data` into a (3, input_size, input_size) uint8 RGB array, or raise ImageDecodeError."""
+    return decode_image_with_size(data, input_size, resize_size)[0]
+
+
+def decode_image_with_size(data: bytes | None, input_size: int, resize_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode like `decode_image`, and also return the decoded image's (height, width) after EXIF
+    rotation: the original pixel frame that example crop boxes are mapped back to."""
     if data is None or len(data) == 0:
         raise ImageDecodeError("empty file")
     try:
@@ -54,7 +60,7 @@ def decode_image(data: bytes | None, input_size: int, resize_size: int) -> np.nd
         raise ImageDecodeError(f"truncated or corrupt ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop a scan
         raise ImageDecodeError(f"decoder failed ({type(exc).__name__}: {exc})") from None
-    return resize_and_crop(rgb, input_size, resize_size)
+    return resize_and_crop(rgb, input_size, resize_size), (rgb.size[1], rgb.size[0])
 
 
 #: What transparent pixels are composited over.
@@ -104,13 +110,39 @@ def resize_and_crop(image: Image.Image, input_size: int, resize_size: int) -> np
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageDecodeError("image has no pixels")
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = resize_size, int(resize_size * long / short)
-    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    new_h, new_w = resized_shape(height, width, resize_size)
+    size = (new_w, new_h)
     if size != image.size:
         image = image.resize(size, Image.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)
     return center_crop(array, input_size).transpose(2, 0, 1).copy()
+
+
+def resized_shape(height: int, width: int, resize_size: int) -> tuple[int, int]:
+    """(height, width) after `resize_and_crop`'s shorter-side resize."""
+    if width <= height:
+        return int(resize_size * height / width), resize_size
+    return resize_size, int(resize_size * width / height)
+
+
+def input_box_to_image_box(boxes: np.ndarray, original_size: np.ndarray, input_size: int, resize_size: int) -> np.ndarray:
+    """Map half-open (y0, x0, y1, x1) boxes in the model-input frame to the original image's pixel
+    frame (float64), inverting `resize_and_crop` exactly: add the centre crop's offset (or remove
+    its zero padding), then scale by original / resized size. `original_size` is (height, width)
+    per box, or one pair for all."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    sizes = np.broadcast_to(np.asarray(original_size, dtype=np.int64), (*boxes.shape[:-1], 2))
+    out = np.empty_like(boxes)
+    for index in np.ndindex(*boxes.shape[:-1]):
+        height, width = (int(v) for v in sizes[index])
+        new_h, new_w = resized_shape(height, width, resize_size)
+        pad_h, pad_w = max(input_size - new_h, 0), max(input_size - new_w, 0)
+        top = int(round((new_h + pad_h - input_size) / 2.0)) - pad_h // 2
+        left = int(round((new_w + pad_w - input_size) / 2.0)) - pad_w // 2
+        y0, x0, y1, x1 = boxes[index]
+        out[index] = ((y0 + top) * height / new_h, (x0 + left) * width / new_w,
+                      (y1 + top) * height / new_h, (x1 + left) * width / new_w)
+    return out
 
 
 def center_crop(array: np.ndarray, size: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from loupe.pipeline.data.decode import ImageDecodeError, decode_image
+from loupe.pipeline.data.decode import ImageDecodeError, decode_image_with_size
 from loupe.pipeline.data.errors import DatasetError
 from loupe.pipeline.data.listing import FOLDER, Listing
 from loupe.pipeline.data.sources import filesystem, is_local_filesystem
@@ -145,6 +145,71 @@ class ImageReader:
         return self._row_group_cache[1][row - int(offsets[group])].as_py()
 
 
+def decode_contents(contents: list, local: np.ndarray, input_size: int, resize_size: int
+                    ) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]], list[tuple[int, int]]]:
+    """Decode what `ImageReader.read` returned for `local` offsets: (images, kept offsets,
+    (offset, reason) of each skipped image, original (height, width) of each kept image)."""
+    images, kept, skipped, sizes = [], [], [], []
+    for offset, content in zip(local.tolist(), contents):
+        try:
+            if isinstance(content, ImageDecodeError):
+                raise content
+            if isinstance(content, BaseException):
+                raise ImageDecodeError(f"read failed ({type(content).__name__}: {content})")
+            pixels, size = decode_image_with_size(content, input_size, resize_size)
+            images.append(pixels)
+            sizes.append(size)
+            kept.append(offset)
+        except ImageDecodeError as exc:
+            skipped.append((offset, exc.reason))
+    return images, kept, skipped, sizes
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedImages:
+    """Some images of a listing, each read and decoded once, at the model's input size."""
+
+    positions: np.ndarray  # int64 (n,) global listing positions
+    keys: np.ndarray  # int64 (n,) id ranks
+    images: np.ndarray  # uint8 (n, 3, size, size)
+    original_sizes: np.ndarray  # int64 (n, 2): (height, width) of the decoded original
+    skipped: list[SkippedImage]
+
+    def has(self, positions: np.ndarray) -> np.ndarray:
+        """Which of `positions` were decoded."""
+        return np.isin(np.asarray(positions, dtype=np.int64), self.positions)
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """Row in `images` of each of `positions` (all must have been decoded)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = np.searchsorted(self.positions, positions)
+        bad = (rows >= len(self.positions)) | (self.positions[np.minimum(rows, len(self.positions) - 1)] != positions) \
+            if len(self.positions) else np.ones(len(positions), dtype=bool)
+        if np.any(bad):
+            raise DatasetError(f"image at listing position {int(positions[np.argmax(bad)])} was not decoded")
+        return rows
+
+
+def read_images(listing: Listing, local: np.ndarray, input_size: int, resize_size: int,
+                storage_options: Mapping[str, Any] | None = None) -> DecodedImages:
+    """Read and decode the images at `local` offsets of `listing` (increasing, no repeats), once each."""
+    local = np.asarray(local, dtype=np.int64)
+    if len(local) and (np.any(np.diff(local) <= 0) or local[0] < 0 or local[-1] >= len(listing)):
+        raise DatasetError(f"read_images needs increasing offsets inside the listing's {len(listing)} images")
+    reader = ImageReader(listing, storage_options)
+    images, kept, skipped, sizes = decode_contents(reader.read(local) if len(local) else [], local,
+                                                   input_size, resize_size)
+    kept_array = np.asarray(kept, dtype=np.int64)
+    ids = listing.ids([o for o, _ in skipped]) if skipped else []
+    return DecodedImages(
+        positions=kept_array + listing.start,
+        keys=listing.keys[kept_array] if len(kept_array) else np.zeros(0, np.int64),
+        images=np.stack(images) if images else np.zeros((0, 3, input_size, input_size), dtype=np.uint8),
+        original_sizes=np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
+        skipped=[SkippedImage(listing.start + o, i, r) for (o, r), i in zip(skipped, ids)],
+    )
+
+
 class _BatchDataset(Dataset):
     """Item i = decoded batch i of the listing (consecutive positions)."""
 
@@ -164,18 +229,7 @@ class _BatchDataset(Dataset):
         lo = index * self.batch_size
         hi = min(lo + self.batch_size, len(self.listing))
         local = np.arange(lo, hi, dtype=np.int64)
-        contents = self.reader.read(local)
-        images, kept, skipped = [], [], []
-        for offset, content in zip(local.tolist(), contents):
-            try:
-                if isinstance(content, ImageDecodeError):
-                    raise content
-                if isinstance(content, BaseException):
-                    raise ImageDecodeError(f"read failed ({type(content).__name__}: {content})")
-                images.append(decode_image(content, self.input_size, self.resize_size))
-                kept.append(offset)
-            except ImageDecodeError as exc:
-                skipped.append((offset, exc.reason))
+        images, kept, skipped, _ = decode_contents(self.reader.read(local), local, self.input_size, self.resize_size)
         kept_array = np.asarray(kept, dtype=np.int64)
         skipped_ids = self.listing.ids([s[0] for s in skipped]) if skipped else []
         size = self.input_size

@@ -10,12 +10,14 @@ from loupe.pipeline.featurevis.batch_units import KINDS, RenderSettings, UnitRen
 from loupe.pipeline.featurevis.numerics import fixed_numerics
 from loupe.pipeline.featurevis.redirected_relu import RedirectedReLUMode
 from loupe.pipeline.featurevis.render import render_vis
+from loupe.pipeline.featurevis.scores import RenderScores, score_renders
 
 transform = transforms  # Lucid's module name (lucid.optvis.transform)
 
 __all__ = [
     "KINDS",
     "RedirectedReLUMode",
+    "RenderScores",
     "RenderSettings",
     "UnitRenders",
     "fixed_numerics",
@@ -23,6 +25,7 @@ __all__ = [
     "param",
     "render_units",
     "render_vis",
+    "score_renders",
     "transform",
     "transforms",
     "unit_seed",

@@ -9,7 +9,9 @@
 
 from loupe.pipeline.scan.chunks import POOLINGS, SPATIAL, ActivationChunk, ChunkCollector, ChunkSink
 from loupe.pipeline.scan.accumulate import TopK
+from loupe.pipeline.scan.bands import BandSampler, BandSamples, BandSettings, ValueHistogram, band_thresholds, image_priority
 from loupe.pipeline.scan.exact_sum import ExactSum
+from loupe.pipeline.scan.pictures import PictureCutter, PictureRequests, Pictures, PictureSettings, square_box
 from loupe.pipeline.scan.receptive_field import ReceptiveField, fields_from_state, fields_state, probe_receptive_fields
 from loupe.pipeline.scan.result import QUANTILES, Examples, LayerResult, MergeError, ScanResult, merge_results
 from loupe.pipeline.scan.run import scan_dataset
@@ -18,6 +20,17 @@ from loupe.pipeline.scan.sketch import QuantileSketch
 from loupe.pipeline.scan.state import StateError
 
 __all__ = [
+    "BandSampler",
+    "PictureCutter",
+    "PictureRequests",
+    "PictureSettings",
+    "Pictures",
+    "square_box",
+    "BandSamples",
+    "BandSettings",
+    "ValueHistogram",
+    "band_thresholds",
+    "image_priority",
     "POOLINGS",
     "QUANTILES",
     "SPATIAL",

@@ -331,10 +331,10 @@ class ScanResult:
                     "position": pa.array(position),
                     "y": pa.array(y.astype(np.int32)),
                     "x": pa.array(x.astype(np.int32)),
-                    "crop_y0": pa.array(box[:, 0].astype(np.int32)),
-                    "crop_x0": pa.array(box[:, 1].astype(np.int32)),
-                    "crop_y1": pa.array(box[:, 2].astype(np.int32)),
-                    "crop_x1": pa.array(box[:, 3].astype(np.int32)),
+                    "field_y0": pa.array(box[:, 0].astype(np.int32)),
+                    "field_x0": pa.array(box[:, 1].astype(np.int32)),
+                    "field_y1": pa.array(box[:, 2].astype(np.int32)),
+                    "field_x1": pa.array(box[:, 3].astype(np.int32)),
                 }))
         return _concat(tables, _EXAMPLES_SCHEMA)
 
@@ -437,8 +437,8 @@ _UNITS_SCHEMA = pa.schema(
 _EXAMPLES_SCHEMA = pa.schema(
     [("model", pa.string()), ("layer", pa.string()), ("unit", pa.int32()), ("kind", pa.string()),
      ("rank", pa.int16()), ("image_index", pa.int64()), ("image_id", pa.string()), ("value", pa.float32()),
-     ("position", pa.int64()), ("y", pa.int32()), ("x", pa.int32()), ("crop_y0", pa.int32()),
-     ("crop_x0", pa.int32()), ("crop_y1", pa.int32()), ("crop_x1", pa.int32())]
+     ("position", pa.int64()), ("y", pa.int32()), ("x", pa.int32()), ("field_y0", pa.int32()),
+     ("field_x0", pa.int32()), ("field_y1", pa.int32()), ("field_x1", pa.int32())]
 )
 _SKETCH_SCHEMA = pa.schema(
     [("model", pa.string()), ("layer", pa.string()), ("unit", pa.int32()), ("bucket", pa.int32()),

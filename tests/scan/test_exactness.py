@@ -246,7 +246,7 @@ def test_arrow_tables_hold_every_example_and_unit(single_pass):
     layer = single_pass.layers["conv1"]
     assert first["value"] == layer.top.values(False)[2, 0]
     assert (first["y"], first["x"]) == divmod(int(layer.top.position[2, 0]), SIZE)
-    assert first["crop_y0"] <= first["y"] < first["crop_y1"] and first["crop_x0"] <= first["x"] < first["crop_x1"]
+    assert first["field_y0"] <= first["y"] < first["field_y1"] and first["field_x0"] <= first["x"] < first["field_x1"]
     assert first["image_id"] == single_pass.image_ids[first["image_index"]]
 
 

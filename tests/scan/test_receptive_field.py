@@ -115,7 +115,7 @@ def test_scan_attaches_the_analytic_crop_box_to_the_strongest_position(tmp_path)
     for row in rows:
         y, x, box = expected[row["image_id"]]
         assert (row["y"], row["x"]) == (y, x)
-        assert (row["crop_y0"], row["crop_x0"], row["crop_y1"], row["crop_x1"]) == box
+        assert (row["field_y0"], row["field_x0"], row["field_y1"], row["field_x1"]) == box
         spot_y, spot_x = spots[row["image_id"]]
         assert box[0] <= spot_y < box[2] and box[1] <= spot_x < box[3]
 

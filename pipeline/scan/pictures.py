@@ -1,0 +1,181 @@
+"""Example pictures and heat maps: what a unit page shows of a dataset example, cut once per image.
+
+Given decoded images (each read once) and requests (image, unit, position of the max), one
+forward pass per batch gives every requested unit's activation map, and each request becomes:
+
+- a **picture**: the receptive field of the position, grown to a square (`square_box`, so the
+  picture is not stretched), cut from the model input and resized to `example_size` (Pillow
+  bilinear);
+- a **heat map**: `heatmap_size`² cells over the same square; cell (i, j) holds the unit's
+  activation at the feature position under the cell's centre pixel (nearest neighbour: row
+  `floor(py * H / input_size)`), float16;
+- the square in both frames: the model-input frame and the original image's pixel frame.
+
+Batches are exactly `images_per_batch` images, padded with blank images like the scan, so the
+activations are bit-identical to the scan's and a top example's value matches its table entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from loupe.pipeline.data.decode import input_box_to_image_box
+from loupe.pipeline.data.loader import DecodedImages
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.models import capture
+from loupe.pipeline.scan.layout import as_channels_first
+from loupe.pipeline.scan.receptive_field import ReceptiveField
+
+if TYPE_CHECKING:
+    from loupe.pipeline.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class PictureSettings:
+    """Side of each stored picture and of its heat map."""
+
+    example_size: int = 96
+    heatmap_size: int = 24
+
+    def __post_init__(self) -> None:
+        for name in ("example_size", "heatmap_size"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise LoupeError(f"scan.examples.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PictureRequests:
+    """Which pictures to cut: image (global listing position), unit, flattened position of the max
+    (-1: find the unit's first maximum in that image)."""
+
+    image_index: np.ndarray
+    unit: np.ndarray
+    position: np.ndarray
+
+
+@dataclass(frozen=True)
+class Pictures:
+    """One entry per request, in request order."""
+
+    pixels: np.ndarray  # uint8 [m, P, P, 3]
+    heatmaps: np.ndarray  # float16 [m, H, H]
+    field_box: np.ndarray  # int32 [m, 4]: receptive field of the position, model-input frame
+    input_box: np.ndarray  # int32 [m, 4]: the square picture, model-input frame
+    image_box: np.ndarray  # float64 [m, 4]: the same square in the original image's pixels
+    position: np.ndarray  # int64 [m]
+    value: np.ndarray  # float32 [m]: the activation at `position` (the spatial max)
+    image_size: np.ndarray  # int64 [m, 2]: original (height, width)
+
+
+def square_box(boxes: np.ndarray, input_size: int) -> np.ndarray:
+    """Grow (y0, x0, y1, x1) boxes to squares of side max(h, w) (the short side grows evenly, an odd
+    extra pixel at the end), shifted to lie inside [0, input_size]."""
+    boxes = np.asarray(boxes, dtype=np.int64)
+    y0, x0, y1, x1 = (boxes[..., i] for i in range(4))
+    side = np.minimum(np.maximum(np.maximum(y1 - y0, x1 - x0), 1), input_size)
+
+    def grow(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        start = lo - (side - (hi - lo)) // 2
+        return np.clip(start, 0, input_size - side)
+
+    top, left = grow(y0, y1), grow(x0, x1)
+    return np.stack([top, left, top + side, left + side], axis=-1).astype(np.int32)
+
+
+def cut_pictures(images: np.ndarray, rows: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Crop box i of CHW uint8 image rows[i] and resize it to size x size (Pillow bilinear)."""
+    out = np.empty((len(rows), size, size, 3), dtype=np.uint8)
+    for i, (row, (y0, x0, y1, x1)) in enumerate(zip(np.asarray(rows).tolist(), np.asarray(boxes).tolist())):
+        crop = np.ascontiguousarray(images[row, :, y0:y1, x0:x1].transpose(1, 2, 0))
+        out[i] = np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
+    return out
+
+
+def heat_maps(maps: np.ndarray, boxes: np.ndarray, input_size: int, size: int) -> np.ndarray:
+    """Nearest-neighbour samples of each [Hf, Wf] map over its box, size x size, float16."""
+    maps = np.asarray(maps, dtype=np.float32)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    count, rows, cols = maps.shape
+    cell = (np.arange(size) + 0.5) / size
+    py = boxes[:, :1] + cell[None, :] * (boxes[:, 2:3] - boxes[:, :1])  # [m, size]
+    px = boxes[:, 1:2] + cell[None, :] * (boxes[:, 3:4] - boxes[:, 1:2])
+    r = np.minimum(np.floor(py * rows / input_size).astype(np.int64), rows - 1)
+    c = np.minimum(np.floor(px * cols / input_size).astype(np.int64), cols - 1)
+    index = np.arange(count)[:, None, None]
+    return maps[index, r[:, :, None], c[:, None, :]].astype(np.float16)
+
+
+class PictureCutter:
+    """Cuts pictures and heat maps of one layer's units from decoded images."""
+
+    def __init__(self, model: "LoadedModel", layer: str, receptive_field: ReceptiveField,
+                 settings: PictureSettings, images_per_batch: int) -> None:
+        self.model = model
+        self.info = model.catalog[layer]  # LayerError names an unknown layer
+        self.layer = layer
+        self.field = receptive_field
+        self.settings = settings
+        if not isinstance(images_per_batch, int) or images_per_batch < 1:
+            raise LoupeError(f"images_per_batch must be a positive integer, got {images_per_batch!r}")
+        self.images_per_batch = images_per_batch
+        self.forwards = 0
+
+    def cut(self, decoded: DecodedImages, requests: PictureRequests) -> Pictures:
+        image_index = np.asarray(requests.image_index, dtype=np.int64)
+        unit = np.asarray(requests.unit, dtype=np.int64)
+        wanted = np.asarray(requests.position, dtype=np.int64)
+        if not (len(image_index) == len(unit) == len(wanted)):
+            raise LoupeError("picture requests need the same number of images, units and positions")
+        if len(unit) and (unit.min() < 0 or unit.max() >= self.info.channels):
+            raise LoupeError(f"layer {self.layer} has {self.info.channels} units; a picture was asked for unit "
+                             f"{int(unit[(unit < 0) | (unit >= self.info.channels)][0])}")
+        rows = decoded.rows(image_index)
+        spatial = tuple(self.info.spatial)
+        height, width = (spatial + (1, 1))[:2] if len(spatial) >= 2 else (1, spatial[0] if spatial else 1)
+        maps = np.zeros((len(unit), height, width), dtype=np.float32)
+        size = self.model.preprocessing.input_size
+        device = self.model.device
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(name: str, activation: torch.Tensor) -> None:
+            captured[name] = as_channels_first(activation, self.info.layout)
+
+        with capture(self.model, [self.layer], on_output=keep) as cap, torch.inference_mode():
+            for start in range(0, len(decoded.positions), self.images_per_batch):
+                stop = min(start + self.images_per_batch, len(decoded.positions))
+                mine = np.flatnonzero((rows >= start) & (rows < stop))
+                if not len(mine):
+                    continue
+                images = torch.from_numpy(decoded.images[start:stop]).to(device).float().div_(255.0)
+                if len(images) < self.images_per_batch:
+                    pad = images.new_zeros((self.images_per_batch - len(images), *images.shape[1:]))
+                    images = torch.cat([images, pad])
+                cap.run(images)
+                self.forwards += 1
+                values = captured[self.layer]
+                picked = values[torch.from_numpy(rows[mine] - start).to(device), torch.from_numpy(unit[mine]).to(device)]
+                maps[mine] = picked.float().reshape(len(mine), height, width).cpu().numpy()
+        flat = maps.reshape(len(unit), -1)
+        first_max = flat.argmax(axis=1) if len(unit) else np.zeros(0, np.int64)
+        position = np.where(wanted >= 0, wanted, first_max).astype(np.int64)
+        if len(unit) and position.max(initial=0) >= flat.shape[1]:
+            raise LoupeError(f"a picture request names position {int(position.max())}, outside layer {self.layer}'s "
+                             f"{flat.shape[1]} positions")
+        value = flat[np.arange(len(unit)), position].astype(np.float32) if len(unit) else np.zeros(0, np.float32)
+        field_box = self.field.lookup(unit, position).astype(np.int32).reshape(-1, 4)
+        input_box = square_box(field_box, size).reshape(-1, 4)
+        sizes = decoded.original_sizes[rows].reshape(-1, 2)
+        preprocessing = self.model.preprocessing
+        return Pictures(
+            pixels=cut_pictures(decoded.images, rows, input_box, self.settings.example_size),
+            heatmaps=heat_maps(maps, input_box, size, self.settings.heatmap_size),
+            field_box=field_box, input_box=input_box,
+            image_box=input_box_to_image_box(input_box, sizes, size, preprocessing.resize_size).reshape(-1, 4),
+            position=position, value=value, image_size=sizes.astype(np.int64),
+        )
