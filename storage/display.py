@@ -92,6 +92,8 @@ class LayerView:
 def unit_view(atlas: "Atlas", model: str, layer: str, unit: int) -> UnitView:
     from loupe.storage.errors import StorageError
 
+    if unit not in atlas.units(model, layer):
+        raise StorageError(f"atlas {atlas.url} version {atlas.version}: {model}/{layer} has no unit {unit}")
     renders = {}
     for kind in atlas.kinds(model, layer):
         if unit in atlas.render_units(model, layer, kind):
@@ -104,8 +106,6 @@ def unit_view(atlas: "Atlas", model: str, layer: str, unit: int) -> UnitView:
     for kind in ("top", "bottom"):
         if kind in atlas.example_kinds(model, layer):
             examples[kind] = atlas.example_pictures(model, layer, unit, kind).pictures
-    if not renders and not stats:
-        raise StorageError(f"atlas {atlas.url} version {atlas.version}: {model}/{layer} has no unit {unit}")
     return UnitView(model, layer, int(unit), renders, examples, stats)
 
 

@@ -101,14 +101,14 @@ class ReduceSpec:
     histogram_bins: int = 32
     seed: int = 0
     units_per_item: int = 64  # units per stored shard of example pictures
-    images_per_batch: int = 64  # must equal the scan's: pictures' activations are then bit-identical to it
-    decode_workers: int = 2  # how, not what: not keyed
+    images_per_batch: int = 64  # the scan's: same batch shape, so pictures' activations equal the scan's
+    decode_workers: int = 2  # how, not what: neither is keyed (like the scan's)
 
     stage: ClassVar[str] = "reduce"
 
     def key_fields(self) -> dict[str, Any]:
         fields = asdict(self)
-        del fields["decode_workers"]
+        del fields["images_per_batch"], fields["decode_workers"]
         return fields
 
     def inputs(self) -> tuple[str, ...]:

@@ -127,22 +127,31 @@ def resized_shape(height: int, width: int, resize_size: int) -> tuple[int, int]:
 
 def input_box_to_image_box(boxes: np.ndarray, original_size: np.ndarray, input_size: int, resize_size: int) -> np.ndarray:
     """Map half-open (y0, x0, y1, x1) boxes in the model-input frame to the original image's pixel
-    frame (float64), inverting `resize_and_crop` exactly: add the centre crop's offset (or remove
-    its zero padding), then scale by original / resized size. `original_size` is (height, width)
-    per box, or one pair for all."""
+    frame (float64 [..., 4]), inverting `resize_and_crop` exactly, so a stored crop can be found in
+    the original file: add the centre crop's offset (or remove its zero padding), then scale by
+    original / resized size. `original_size` is (height, width) [..., 2]; it broadcasts with the boxes."""
     boxes = np.asarray(boxes, dtype=np.float64)
-    sizes = np.broadcast_to(np.asarray(original_size, dtype=np.int64), (*boxes.shape[:-1], 2))
-    out = np.empty_like(boxes)
-    for index in np.ndindex(*boxes.shape[:-1]):
-        height, width = (int(v) for v in sizes[index])
-        new_h, new_w = resized_shape(height, width, resize_size)
-        pad_h, pad_w = max(input_size - new_h, 0), max(input_size - new_w, 0)
-        top = int(round((new_h + pad_h - input_size) / 2.0)) - pad_h // 2
-        left = int(round((new_w + pad_w - input_size) / 2.0)) - pad_w // 2
-        y0, x0, y1, x1 = boxes[index]
-        out[index] = ((y0 + top) * height / new_h, (x0 + left) * width / new_w,
-                      (y1 + top) * height / new_h, (x1 + left) * width / new_w)
-    return out
+    if boxes.shape[-1:] != (4,):
+        raise ValueError(f"boxes must have shape [..., 4] (y0, x0, y1, x1), got {boxes.shape}")
+    sizes = np.asarray(original_size, dtype=np.int64)
+    if sizes.shape[-1:] != (2,):
+        raise ValueError(f"original_size must have shape [..., 2] (height, width), got {sizes.shape}")
+    shape = np.broadcast_shapes(boxes.shape[:-1], sizes.shape[:-1])
+    boxes, sizes = np.broadcast_to(boxes, (*shape, 4)), np.broadcast_to(sizes, (*shape, 2))
+    height, width = sizes[..., 0], sizes[..., 1]
+    if np.any(sizes < 1):
+        raise ValueError(f"original_size must be positive (height, width), got {sizes[np.any(sizes < 1, axis=-1)][0]}")
+    # resized_shape, vectorised: the shorter side becomes resize_size, the other is truncated
+    portrait = width <= height
+    new_h = np.where(portrait, (resize_size * height / width).astype(np.int64), resize_size)
+    new_w = np.where(portrait, resize_size, (resize_size * width / height).astype(np.int64))
+    offsets = []
+    for new in (new_h, new_w):  # center_crop's offset into the resized image (negative: zero padding)
+        pad = np.maximum(input_size - new, 0)
+        offsets.append(np.round((new + pad - input_size) / 2.0).astype(np.int64) - pad // 2)
+    top, left = offsets
+    return np.stack([(boxes[..., 0] + top) * height / new_h, (boxes[..., 1] + left) * width / new_w,
+                     (boxes[..., 2] + top) * height / new_h, (boxes[..., 3] + left) * width / new_w], axis=-1)
 
 
 def center_crop(array: np.ndarray, size: int) -> np.ndarray:

@@ -1,79 +1,102 @@
 """How trustworthy a render is, measured with the scan's own statistic.
 
-    fv_activation  = a(render): the spatial max of the unit's channel at the layer, for the
-                     render fed untransformed at its own size (uint8 -> [0, 1] -> the model's
-                     normalization, exactly as a scan feeds dataset images)
-    fv_robustness  = mean over `transforms` seeded draws T of the standard transform stack (the
-                     jitter, scale and rotation the render was optimized under) of a(T(render)) / a(render);
-                     NaN where a(render) <= 0 or is not finite
+For unit u of a layer and its render R (uint8 [H, W, 3], fed at its own size):
+
+    a(x)           = max over positions p of act(x)[u, p]: the spatial max of the unit's channel
+                     at the layer as the module returns it (tokens for NLC layers), with x given
+                     to the model as a scan feeds dataset images: uint8 -> /255 -> the model's
+                     normalization inside `capture`
+    fv_activation  = a(R)
+    fv_robustness  = (1/n) * sum_{k<n} a(T_k(R)) / a(R), T_k independent draws of the standard
+                     transform stack (pad, jitter, scale, rotate, jitter: what render_units
+                     optimizes under); NaN where a(R) <= 0 or a(R) is not finite
 
 A render whose activation collapses under a few pixels of jitter exploits an exact alignment,
-not a feature; near 1 means the unit responds to what the picture shows. The build divides
-fv_activation by the unit's natural max over the dataset (fv_natural_ratio).
+not a feature; near 1 means the unit responds to what the picture shows. Unit u's draws come
+from its own generator, seeded by (seed, layer, u), so a unit's scores never depend on which
+units share its batch (up to floating-point summation order in batched convolutions). The build
+divides fv_activation by the unit's natural max over the dataset.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.featurevis.batch_units import stream_seed, unit_seed
+from loupe.pipeline.featurevis.engine import step_uniforms
 from loupe.pipeline.featurevis.numerics import fixed_numerics
+from loupe.pipeline.featurevis.param import generators
 from loupe.pipeline.featurevis.transforms import Compose, standard_transforms
-from loupe.pipeline.models import capture
+from loupe.pipeline.models import LoadedModel, capture
+from loupe.pipeline.models.catalog import check_unit
 from loupe.pipeline.scan.layout import as_channels_first
 
-if TYPE_CHECKING:
-    from loupe.pipeline.models import LoadedModel
+SCORE_KIND = "score"  # the kind in each unit's seed: score draws are independent of its render's draws
 
 
 @dataclass(frozen=True)
 class RenderScores:
-    activation: np.ndarray  # float32 [n]
-    robustness: np.ndarray  # float32 [n]
+    """Per-unit scores in the request's unit order (see the module docstring for the formulas)."""
+
+    activation: np.ndarray  # float32 [n]: fv_activation
+    robustness: np.ndarray  # float32 [n]: fv_robustness, NaN where the activation is <= 0 or not finite
 
 
-def score_renders(model: "LoadedModel", layer: str, units: Sequence[int], images: np.ndarray, *,
+def score_renders(model: LoadedModel, layer: str, units: Sequence[int], images: np.ndarray, *,
                   transforms: int = 8, seed: int = 0, images_per_step: int | None = None,
                   threads: int = 1) -> RenderScores:
-    """fv_activation and fv_robustness of one render per unit (uint8 [n, H, W, 3], in `units` order)."""
+    """fv_activation and fv_robustness of one render per unit (`images` uint8 [n, H, W, 3], in `units` order).
+
+    One forward per chunk of `images_per_step` renders (default: all) untransformed, then one per
+    transform draw; only `layer` is captured. Runs under `fixed_numerics(threads)` like renders.
+    """
     info = model.catalog[layer]  # LayerError names an unknown layer
-    units = np.asarray(list(units), dtype=np.int64)
+    units = [int(u) for u in units]
+    for unit in units:
+        check_unit(info, unit)
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(units):
-        raise LoupeError(f"scores for {layer}: renders must be uint8 [units, H, W, 3] with one per unit "
+        raise LoupeError(f"scores for layer {layer}: renders must be uint8 [units, H, W, 3] with one per unit "
                          f"({len(units)} units), got {images.dtype} {list(images.shape)}")
-    bad = units[(units < 0) | (units >= info.channels)]
-    if len(bad):
-        raise LoupeError(f"scores for {layer}: unit {int(bad[0])} is outside the layer's {info.channels} units")
     if transforms < 0:
-        raise LoupeError(f"scores: transforms must be >= 0, got {transforms}")
-    step = images_per_step or len(units) or 1
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+        raise LoupeError(f"scores for layer {layer}: transforms must be >= 0, got {transforms}")
+    if images_per_step is not None and images_per_step < 1:
+        raise LoupeError(f"scores for layer {layer}: images_per_step must be >= 1, got {images_per_step}")
+    if not units:
+        empty = np.zeros(0, np.float32)
+        return RenderScores(empty, empty.copy())
+    step = images_per_step or len(units)
     stack = Compose(standard_transforms)
-    generator = torch.Generator().manual_seed(int(seed))
-    draws = [torch.rand(len(units), stack.n_random, generator=generator) for _ in range(transforms)]
+    seeds = [stream_seed(unit_seed(seed, layer, unit, SCORE_KIND), "transforms") for unit in units]
+    draws = step_uniforms(generators(seeds), transforms, stack.n_random, torch.device("cpu")) \
+        if transforms else None  # [transforms, n, n_random]
+    activation = np.zeros(len(units), np.float32)
+    transformed = np.zeros((transforms, len(units)), np.float32)
     with fixed_numerics(threads), capture(model, [layer]) as cap, torch.inference_mode():
-        def unit_max(x: torch.Tensor) -> np.ndarray:
-            out = []
-            for start in range(0, len(x), step):
-                chunk = x[start:start + step].to(model.device)
-                values = as_channels_first(cap.run(chunk)[layer], info.layout).flatten(2).amax(2)
-                picked = values[torch.arange(len(chunk)), torch.from_numpy(units[start:start + step]).to(values.device)]
-                out.append(picked.float().cpu().numpy())
-            return np.concatenate(out) if out else np.zeros(0, np.float32)
+        for start in range(0, len(units), step):
+            stop = min(start + step, len(units))
+            pixels = torch.from_numpy(images[start:stop]).to(model.device).permute(0, 3, 1, 2).float().div_(255.0)
+            picked = torch.tensor(units[start:stop], device=model.device)
 
-        activation = unit_max(pixels)
-        ratios = [unit_max(stack(pixels, u)) for u in draws]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        usable = np.isfinite(activation) & (activation > 0)
-        robustness = (np.mean(ratios, axis=0) / np.where(usable, activation, 1.0)) if ratios else \
-            np.full(len(units), np.nan)
-    robustness = np.where(usable, robustness, np.nan).astype(np.float32)
-    return RenderScores(activation.astype(np.float32), robustness)
+            def unit_max(x: torch.Tensor) -> np.ndarray:
+                maps = as_channels_first(cap.run(x)[layer], info.layout)
+                rows = torch.arange(len(x), device=maps.device)
+                return maps[rows, picked.to(maps.device)].flatten(1).amax(1).float().cpu().numpy()
+
+            activation[start:stop] = unit_max(pixels)
+            for k in range(transforms):
+                assert draws is not None
+                transformed[k, start:stop] = unit_max(stack(pixels, draws[k, start:stop]))
+    usable = np.isfinite(activation) & (activation > 0)
+    robustness = np.full(len(units), np.nan, np.float32)
+    if transforms:
+        robustness[usable] = transformed[:, usable].mean(axis=0) / activation[usable]
+    return RenderScores(activation, robustness)
 
 
 __all__ = ["RenderScores", "score_renders"]

@@ -96,7 +96,7 @@ class BandSamples:
     band: np.ndarray  # int16
     slot: np.ndarray  # int16, 0.. by increasing priority
     image_index: np.ndarray  # int64 global listing position
-    value: np.ndarray  # float32
+    value: np.ndarray  # float64 (compared with the edges exactly)
     band_low: np.ndarray  # float64
     band_high: np.ndarray  # float64
     band_count: np.ndarray  # int64 [C, B]
@@ -123,7 +123,7 @@ class BandSampler:
         self.priority = np.full(shape, _EMPTY, dtype=np.uint64)
         self.rank = np.full(shape, -1, dtype=np.int64)
         self.image = np.full(shape, -1, dtype=np.int64)
-        self.value = np.full(shape, np.nan, dtype=np.float32)
+        self.value = np.full(shape, np.nan, dtype=np.float64)
         self.count = np.zeros((units, bands), dtype=np.int64)
 
     @property
@@ -141,7 +141,7 @@ class BandSampler:
             raise LoupeError("band sampler: positions and ranks need one entry per row of values")
         band = band_of(values, self.thresholds)  # [R, C]
         priority = image_priority(ranks, self.seed)
-        by_unit = values.T.astype(np.float32)
+        by_unit = values.T.astype(np.float64)
         m = self.samples_per_band
         for b in range(self.count.shape[1]):
             inside = band == b  # [R, C]
@@ -204,7 +204,7 @@ class BandSampler:
         sampler.priority = check_shape("priority", take(state, "priority", "int", ndim=3), shape).astype(np.uint64)
         sampler.rank = check_shape("rank", take(state, "rank", "int", ndim=3), shape).astype(np.int64)
         sampler.image = check_shape("image", take(state, "image", "int", ndim=3), shape).astype(np.int64)
-        sampler.value = check_shape("value", take(state, "value", "float", ndim=3), shape).astype(np.float32)
+        sampler.value = check_shape("value", take(state, "value", "float", ndim=3), shape).astype(np.float64)
         sampler.count = check_shape("count", take(state, "count", "int", ndim=2), shape[:2]).astype(np.int64)
         return sampler
 

@@ -4,7 +4,7 @@ Given decoded images (each read once) and requests (image, unit, position of the
 forward pass per batch gives every requested unit's activation map, and each request becomes:
 
 - a **picture**: the receptive field of the position, grown to a square (`square_box`, so the
-  picture is not stretched), cut from the model input and resized to `example_size` (Pillow
+  picture is not stretched), cut from the model input and resized to `picture_size` (Pillow
   bilinear);
 - a **heat map**: `heatmap_size`² cells over the same square; cell (i, j) holds the unit's
   activation at the feature position under the cell's centre pixel (nearest neighbour: row
@@ -28,7 +28,7 @@ from loupe.pipeline.data.decode import input_box_to_image_box
 from loupe.pipeline.data.loader import DecodedImages
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.models import capture
-from loupe.pipeline.scan.layout import as_channels_first
+from loupe.pipeline.scan.layout import as_channels_first, positions_count
 from loupe.pipeline.scan.receptive_field import ReceptiveField
 
 if TYPE_CHECKING:
@@ -39,14 +39,14 @@ if TYPE_CHECKING:
 class PictureSettings:
     """Side of each stored picture and of its heat map."""
 
-    example_size: int = 96
+    picture_size: int = 96
     heatmap_size: int = 24
 
     def __post_init__(self) -> None:
-        for name in ("example_size", "heatmap_size"):
+        for name in ("picture_size", "heatmap_size"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise LoupeError(f"scan.examples.{name} must be a positive integer, got {value!r}")
+                raise LoupeError(f"PictureSettings.{name} must be a positive integer (pixels), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,12 @@ class Pictures:
 
 
 def square_box(boxes: np.ndarray, input_size: int) -> np.ndarray:
-    """Grow (y0, x0, y1, x1) boxes to squares of side max(h, w) (the short side grows evenly, an odd
-    extra pixel at the end), shifted to lie inside [0, input_size]."""
+    """Grow half-open (y0, x0, y1, x1) boxes to squares of side max(h, w) (the short side grows
+    evenly, an odd extra pixel at the end), shifted to lie inside [0, input_size] (int32).
+
+    A picture shows this square, not the receptive field itself, so a picture of a tall or wide
+    field (at the image border) is not stretched; the square still contains the whole field.
+    """
     boxes = np.asarray(boxes, dtype=np.int64)
     y0, x0, y1, x1 = (boxes[..., i] for i in range(4))
     side = np.minimum(np.maximum(np.maximum(y1 - y0, x1 - x0), 1), input_size)
@@ -102,9 +106,9 @@ def heat_maps(maps: np.ndarray, boxes: np.ndarray, input_size: int, size: int) -
     maps = np.asarray(maps, dtype=np.float32)
     boxes = np.asarray(boxes, dtype=np.float64)
     count, rows, cols = maps.shape
-    cell = (np.arange(size) + 0.5) / size
-    py = boxes[:, :1] + cell[None, :] * (boxes[:, 2:3] - boxes[:, :1])  # [m, size]
-    px = boxes[:, 1:2] + cell[None, :] * (boxes[:, 3:4] - boxes[:, 1:2])
+    cell = np.arange(size)[None, :] + 0.5
+    py = boxes[:, :1] + cell * (boxes[:, 2:3] - boxes[:, :1]) / size  # [m, size]: each cell's centre pixel
+    px = boxes[:, 1:2] + cell * (boxes[:, 3:4] - boxes[:, 1:2]) / size
     r = np.minimum(np.floor(py * rows / input_size).astype(np.int64), rows - 1)
     c = np.minimum(np.floor(px * cols / input_size).astype(np.int64), cols - 1)
     index = np.arange(count)[:, None, None]
@@ -112,7 +116,11 @@ def heat_maps(maps: np.ndarray, boxes: np.ndarray, input_size: int, size: int) -
 
 
 class PictureCutter:
-    """Cuts pictures and heat maps of one layer's units from decoded images."""
+    """Cuts pictures and heat maps of one layer's units from decoded images.
+
+    Memory stays near one batch's layer output: the capture callback keeps only the requested
+    units' maps of the images in the batch, never every unit's map of every image.
+    """
 
     def __init__(self, model: "LoadedModel", layer: str, receptive_field: ReceptiveField,
                  settings: PictureSettings, images_per_batch: int) -> None:
@@ -121,61 +129,87 @@ class PictureCutter:
         self.layer = layer
         self.field = receptive_field
         self.settings = settings
-        if not isinstance(images_per_batch, int) or images_per_batch < 1:
+        if not isinstance(images_per_batch, (int, np.integer)) or isinstance(images_per_batch, bool) \
+                or images_per_batch < 1:
             raise LoupeError(f"images_per_batch must be a positive integer, got {images_per_batch!r}")
-        self.images_per_batch = images_per_batch
-        self.forwards = 0
+        self.images_per_batch = int(images_per_batch)
+        spatial = tuple(self.info.spatial)
+        self.map_shape = spatial if len(spatial) == 2 else (1, positions_count(spatial))
+        size = model.preprocessing.input_size
+        if tuple(receptive_field.input_size) != (size, size) or \
+                receptive_field.boxes.shape[1] != positions_count(spatial):
+            raise LoupeError(f"receptive field given for layer {layer} was probed for another input size or layer "
+                             f"shape ({receptive_field.input_size}, {receptive_field.boxes.shape[1]} positions; "
+                             f"the model takes {size}px and the layer has {positions_count(spatial)} positions)")
 
     def cut(self, decoded: DecodedImages, requests: PictureRequests) -> Pictures:
-        image_index = np.asarray(requests.image_index, dtype=np.int64)
-        unit = np.asarray(requests.unit, dtype=np.int64)
-        wanted = np.asarray(requests.position, dtype=np.int64)
-        if not (len(image_index) == len(unit) == len(wanted)):
-            raise LoupeError("picture requests need the same number of images, units and positions")
-        if len(unit) and (unit.min() < 0 or unit.max() >= self.info.channels):
-            raise LoupeError(f"layer {self.layer} has {self.info.channels} units; a picture was asked for unit "
-                             f"{int(unit[(unit < 0) | (unit >= self.info.channels)][0])}")
+        """One picture, heat map and set of boxes per request, in request order."""
+        image_index, unit, wanted = self._check(decoded, requests)
         rows = decoded.rows(image_index)
-        spatial = tuple(self.info.spatial)
-        height, width = (spatial + (1, 1))[:2] if len(spatial) >= 2 else (1, spatial[0] if spatial else 1)
-        maps = np.zeros((len(unit), height, width), dtype=np.float32)
+        maps = self._unit_maps(decoded, rows, unit)
+        flat = maps.reshape(len(unit), int(np.prod(self.map_shape)))
+        first_max = flat.argmax(axis=1) if len(unit) else np.zeros(0, np.int64)  # first maximum, like torch.max
+        position = np.where(wanted >= 0, wanted, first_max).astype(np.int64)
+        value = flat[np.arange(len(unit)), position].astype(np.float32)
         size = self.model.preprocessing.input_size
+        field_box = self.field.lookup(unit, position).astype(np.int32).reshape(-1, 4)
+        input_box = square_box(field_box, size).reshape(-1, 4)
+        sizes = decoded.original_sizes[rows].reshape(-1, 2).astype(np.int64)
+        return Pictures(
+            pixels=cut_pictures(decoded.images, rows, input_box, self.settings.picture_size),
+            heatmaps=heat_maps(maps, input_box, size, self.settings.heatmap_size),
+            field_box=field_box, input_box=input_box,
+            image_box=input_box_to_image_box(input_box, sizes, size, self.model.preprocessing.resize_size),
+            position=position, value=value, image_size=sizes,
+        )
+
+    def _check(self, decoded: DecodedImages, requests: PictureRequests) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        image_index, unit, wanted = (np.asarray(a, dtype=np.int64).reshape(-1)
+                                     for a in (requests.image_index, requests.unit, requests.position))
+        if not (len(image_index) == len(unit) == len(wanted)):
+            raise LoupeError(f"picture requests need as many images, units and positions; got {len(image_index)}, "
+                             f"{len(unit)} and {len(wanted)}")
+        channels, positions = self.info.channels, int(np.prod(self.map_shape))
+        bad_unit = (unit < 0) | (unit >= channels)
+        if bad_unit.any():
+            raise LoupeError(f"layer {self.layer} has {channels} units; a picture was asked for unit "
+                             f"{int(unit[bad_unit][0])}")
+        bad_position = (wanted < -1) | (wanted >= positions)
+        if bad_position.any():
+            raise LoupeError(f"a picture request names position {int(wanted[bad_position][0])}, outside layer "
+                             f"{self.layer}'s {positions} positions (or -1: find the maximum)")
+        missing = ~decoded.has(image_index)
+        if missing.any():
+            position = int(image_index[missing][0])
+            why = {s.position: s for s in decoded.skipped}.get(position)
+            raise LoupeError(f"image {why.image_id} (listing position {position}) was skipped when decoded "
+                             f"({why.reason}); drop its picture requests first" if why else
+                             f"image at listing position {position} was not among the decoded images")
+        return image_index, unit, wanted
+
+    def _unit_maps(self, decoded: DecodedImages, rows: np.ndarray, unit: np.ndarray) -> np.ndarray:
+        """Each request's map [m, H, W] (float32), from one padded forward per batch that holds a request."""
+        maps = np.zeros((len(unit), *self.map_shape), dtype=np.float32)
         device = self.model.device
-        captured: dict[str, torch.Tensor] = {}
+        pending: dict[str, np.ndarray] = {}  # the batch in flight: which requests, which rows in it
 
-        def keep(name: str, activation: torch.Tensor) -> None:
-            captured[name] = as_channels_first(activation, self.info.layout)
+        def keep(name: str, activation: torch.Tensor) -> None:  # the tensor is only valid during the call
+            mine, batch_rows = pending["mine"], pending["rows"]
+            values = as_channels_first(activation, self.info.layout)
+            picked = values[torch.from_numpy(batch_rows).to(values.device), torch.from_numpy(unit[mine]).to(values.device)]
+            maps[mine] = picked.float().reshape(len(mine), *self.map_shape).cpu().numpy()
 
+        count = len(decoded.positions)
         with capture(self.model, [self.layer], on_output=keep) as cap, torch.inference_mode():
-            for start in range(0, len(decoded.positions), self.images_per_batch):
-                stop = min(start + self.images_per_batch, len(decoded.positions))
+            for start in range(0, count, self.images_per_batch):
+                stop = min(start + self.images_per_batch, count)
                 mine = np.flatnonzero((rows >= start) & (rows < stop))
                 if not len(mine):
                     continue
+                pending.update(mine=mine, rows=rows[mine] - start)
                 images = torch.from_numpy(decoded.images[start:stop]).to(device).float().div_(255.0)
-                if len(images) < self.images_per_batch:
-                    pad = images.new_zeros((self.images_per_batch - len(images), *images.shape[1:]))
-                    images = torch.cat([images, pad])
+                if len(images) < self.images_per_batch:  # same shape as the scan's forwards: same kernels
+                    images = torch.cat([images, images.new_zeros((self.images_per_batch - len(images),
+                                                                  *images.shape[1:]))])
                 cap.run(images)
-                self.forwards += 1
-                values = captured[self.layer]
-                picked = values[torch.from_numpy(rows[mine] - start).to(device), torch.from_numpy(unit[mine]).to(device)]
-                maps[mine] = picked.float().reshape(len(mine), height, width).cpu().numpy()
-        flat = maps.reshape(len(unit), -1)
-        first_max = flat.argmax(axis=1) if len(unit) else np.zeros(0, np.int64)
-        position = np.where(wanted >= 0, wanted, first_max).astype(np.int64)
-        if len(unit) and position.max(initial=0) >= flat.shape[1]:
-            raise LoupeError(f"a picture request names position {int(position.max())}, outside layer {self.layer}'s "
-                             f"{flat.shape[1]} positions")
-        value = flat[np.arange(len(unit)), position].astype(np.float32) if len(unit) else np.zeros(0, np.float32)
-        field_box = self.field.lookup(unit, position).astype(np.int32).reshape(-1, 4)
-        input_box = square_box(field_box, size).reshape(-1, 4)
-        sizes = decoded.original_sizes[rows].reshape(-1, 2)
-        preprocessing = self.model.preprocessing
-        return Pictures(
-            pixels=cut_pictures(decoded.images, rows, input_box, self.settings.example_size),
-            heatmaps=heat_maps(maps, input_box, size, self.settings.heatmap_size),
-            field_box=field_box, input_box=input_box,
-            image_box=input_box_to_image_box(input_box, sizes, size, preprocessing.resize_size).reshape(-1, 4),
-            position=position, value=value, image_size=sizes.astype(np.int64),
-        )
+        return maps

@@ -60,7 +60,7 @@ def test_changing_one_layer_redoes_only_that_layer(tmp_path, images):
     changed["models"][0]["layers"] = ["layer1.0.bn1", {"name": "layer2", "render": {"channel": {"steps": 4}}}]
     summary = build(changed)
     assert summary.published
-    assert summary.done == 2  # layer2's two channel blocks; everything else is reused
+    assert summary.done == 3  # layer2's two channel blocks and its score item; everything else is reused
     assert summary.units_rendered == 4 and summary.images_scanned == 0
     fresh_url = str(tmp_path / "fresh")
     changed["atlas"]["url"] = fresh_url

@@ -81,6 +81,7 @@ def test_top_crops_beat_random_crops_of_other_photos(built, shared_dir):
         crop = Image.fromarray(np.ascontiguousarray(pixels[y:y + side, x:x + side]))
         others.append(np.asarray(crop.resize(tops.shape[1:3], Image.BILINEAR)))
     wins = unit_max(model, tops, units) > unit_max(model, np.stack(others), units)
+    print(f"top crop beat a random crop of another photo for {wins.sum()} of {len(units)} units of {LAYER}")
     assert wins.mean() >= 0.9, f"top crop beat a random crop for {wins.sum()} of {len(units)} units"
 
 
@@ -89,4 +90,6 @@ def test_renders_exceed_the_natural_max(built):
     units = atlas.units_table("mobilenet_v2", LAYER).to_pylist()
     ratios = [row["fv_natural_ratio"] for row in units if row.get("fv_natural_ratio") is not None]
     assert len(ratios) == UNITS
+    print(f"fv_natural_ratio on {LAYER}: median {statistics.median(ratios):.2f}, min {min(ratios):.2f}, "
+          f"max {max(ratios):.2f} over {UNITS} units")
     assert statistics.median(ratios) > 1.0, sorted(ratios)

@@ -8,7 +8,7 @@ import pytest
 
 from loupe.jobs.build import make_plan
 from loupe.jobs.build.config import parse_config
-from loupe.jobs.build.plan import ReduceSpec, RenderSpec, ScanSpec, WorkItem
+from loupe.jobs.build.plan import ReduceSpec, RenderSpec, ScanSpec, ScoreSpec, WorkItem
 from tests.builds.build_helpers import tiny_config, write_images
 
 
@@ -27,7 +27,7 @@ def plan(tmp_path, images, **scan) -> list[WorkItem]:
 
 def test_every_item_round_trips_through_json_with_its_typed_spec(tmp_path, images):
     items = plan(tmp_path, images)
-    assert {type(i.spec) for i in items} == {RenderSpec, ScanSpec, ReduceSpec}
+    assert {type(i.spec) for i in items} == {RenderSpec, ScanSpec, ReduceSpec, ScoreSpec}
     for item in items:
         again = WorkItem.from_json(json.loads(json.dumps(item.to_json())))
         assert again == item and again.spec == item.spec and again.stage == item.stage
@@ -41,3 +41,17 @@ def test_how_a_scan_runs_is_not_keyed_but_what_it_computes_is(tmp_path, images):
     changed = {i.key for i in plan(tmp_path / "c", images, k=2)}
     assert {k for k in changed if k.startswith("scan-")}.isdisjoint(base)
     assert {k for k in changed if k.startswith("render-")} <= base
+
+
+def test_score_items_need_their_reduce_and_channel_renders(tmp_path, images):
+    items = plan(tmp_path, images)
+    by_key = {i.key: i for i in items}
+    scores = [i for i in items if i.stage == "score"]
+    assert sorted(s.spec.layer for s in scores) == ["layer1.0.bn1", "layer2"]
+    for score in scores:
+        inputs = [by_key[k].spec for k in score.spec.inputs()]
+        assert isinstance(inputs[0], ReduceSpec) and inputs[0].layer == score.spec.layer
+        assert all(isinstance(s, RenderSpec) and s.kind == "channel" and s.layer == score.spec.layer for s in inputs[1:])
+        assert sorted(u for s in inputs[1:] for u in s.units) == [0, 1, 2, 3]
+    changed = {i.key for i in plan(tmp_path / "d", images, k=2)}
+    assert {s.key for s in scores}.isdisjoint(changed), "a new scan redoes the scores"
