@@ -23,12 +23,12 @@ WHAT = ("pictures", "heatmaps")
 class ExampleGeometry:
     n_units: int
     slots: int
-    picture_size: int
+    example_size: int
     heatmap_size: int
     units_per_shard: int
 
     def validate(self, where: str) -> None:
-        for name in ("n_units", "slots", "picture_size", "heatmap_size", "units_per_shard"):
+        for name in ("n_units", "slots", "example_size", "heatmap_size", "units_per_shard"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise StorageError(f"{where}: {name} must be a positive integer, got {value!r}")
@@ -40,7 +40,7 @@ def check_kind(kind: str, where: str) -> None:
 
 
 def pictures_metadata(g: ExampleGeometry, attributes: dict) -> bytes:
-    unit = (g.slots, g.picture_size, g.picture_size, 3)
+    unit = (g.slots, g.example_size, g.example_size, 3)
     return arrays.metadata_bytes(shape=(g.n_units, *unit), dtype="uint8", chunks=(1, *unit),
                                  shards=(g.units_per_shard, *unit), dimension_names=["unit", "slot", "y", "x", "rgb"],
                                  attributes=attributes)
@@ -61,8 +61,8 @@ def geometry_from_metadata(pictures: dict, heatmaps: dict) -> ExampleGeometry:
 def check_units(g: ExampleGeometry, units: np.ndarray, pictures: np.ndarray, heatmaps: np.ndarray, where: str) -> None:
     """Pictures uint8 [n, slots, P, P, 3] and heat maps float16 [n, slots, H, H] for strictly increasing units."""
     if not isinstance(pictures, np.ndarray) or pictures.dtype != np.uint8 or \
-            pictures.shape[1:] != (g.slots, g.picture_size, g.picture_size, 3):
-        raise StorageError(f"{where}: pictures must be uint8 [n, {g.slots}, {g.picture_size}, {g.picture_size}, 3], "
+            pictures.shape[1:] != (g.slots, g.example_size, g.example_size, 3):
+        raise StorageError(f"{where}: pictures must be uint8 [n, {g.slots}, {g.example_size}, {g.example_size}, 3], "
                            f"got {getattr(pictures, 'dtype', type(pictures))} {list(np.shape(pictures))}")
     if not isinstance(heatmaps, np.ndarray) or heatmaps.dtype != np.float16 or \
             heatmaps.shape[1:] != (g.slots, g.heatmap_size, g.heatmap_size):

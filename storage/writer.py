@@ -145,12 +145,12 @@ class AtlasWriter:
         self._declare(layout.render_array(model, layer, kind), renders.images_metadata(geometry, attrs))
         self._declare(layout.objective_array(model, layer, kind), renders.objective_metadata(geometry, attrs))
 
-    def declare_examples(self, model: str, layer: str, kind: str, *, n_units: int, slots: int, picture_size: int,
+    def declare_examples(self, model: str, layer: str, kind: str, *, n_units: int, slots: int, example_size: int,
                          heatmap_size: int, units_per_shard: int) -> None:
         """Create (idempotently) one kind's example-picture and heat-map arrays for a layer."""
         where = f"example pictures of {model}/{layer}/{kind}"
         examples.check_kind(kind, where)
-        geometry = examples.ExampleGeometry(n_units, slots, picture_size, heatmap_size, units_per_shard)
+        geometry = examples.ExampleGeometry(n_units, slots, example_size, heatmap_size, units_per_shard)
         geometry.validate(where)
         attrs = {"loupe": {"model": model, "layer": layer, "kind": kind}}
         self._declare(layout.example_array(model, layer, kind, "pictures"), examples.pictures_metadata(geometry, attrs))

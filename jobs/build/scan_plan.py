@@ -79,6 +79,6 @@ def declare_scan_arrays(writer: AtlasWriter, model: ResolvedModel, scan: ScanCon
         examples = scan.examples
         for kind, slots in slot_counts(scan.k, len(examples.quantiles) - 1, examples.samples_per_band).items():
             writer.declare_examples(model.id, layer.info.name, kind, n_units=layer.info.channels, slots=slots,
-                                    picture_size=scan.examples.example_size,
+                                    example_size=scan.examples.example_size,
                                     heatmap_size=scan.examples.heatmap_size,
                                     units_per_shard=scan.examples.units_per_item)

@@ -4,7 +4,7 @@ Given decoded images (each read once) and requests (image, unit, position of the
 forward pass per batch gives every requested unit's activation map, and each request becomes:
 
 - a **picture**: the receptive field of the position, grown to a square (`square_box`, so the
-  picture is not stretched), cut from the model input and resized to `picture_size` (Pillow
+  picture is not stretched), cut from the model input and resized to `example_size` (Pillow
   bilinear);
 - a **heat map**: `heatmap_size`² cells over the same square; cell (i, j) holds the unit's
   activation at the feature position under the cell's centre pixel (nearest neighbour: row
@@ -39,11 +39,11 @@ if TYPE_CHECKING:
 class PictureSettings:
     """Side of each stored picture and of its heat map."""
 
-    picture_size: int = 96
+    example_size: int = 96
     heatmap_size: int = 24
 
     def __post_init__(self) -> None:
-        for name in ("picture_size", "heatmap_size"):
+        for name in ("example_size", "heatmap_size"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise LoupeError(f"PictureSettings.{name} must be a positive integer (pixels), got {value!r}")
@@ -156,7 +156,7 @@ class PictureCutter:
         input_box = square_box(field_box, size).reshape(-1, 4)
         sizes = decoded.original_sizes[rows].reshape(-1, 2).astype(np.int64)
         return Pictures(
-            pixels=cut_pictures(decoded.images, rows, input_box, self.settings.picture_size),
+            pixels=cut_pictures(decoded.images, rows, input_box, self.settings.example_size),
             heatmaps=heat_maps(maps, input_box, size, self.settings.heatmap_size),
             field_box=field_box, input_box=input_box,
             image_box=input_box_to_image_box(input_box, sizes, size, self.model.preprocessing.resize_size),

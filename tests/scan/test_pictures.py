@@ -167,7 +167,7 @@ def test_pictures_heatmaps_and_values_match_brute_force_and_the_scan(dataset, la
                           loader=LoaderOptions(images_per_batch=batch, workers=0))
     scanned = result.layers[layer]
     field = Scanner(model, [layer]).receptive_fields[layer]
-    cutter = PictureCutter(model, layer, field, PictureSettings(picture_size=8, heatmap_size=5), images_per_batch=batch)
+    cutter = PictureCutter(model, layer, field, PictureSettings(example_size=8, heatmap_size=5), images_per_batch=batch)
     units = np.repeat(np.arange(scanned.channels), 2)
     ranks = np.tile([0, 1], scanned.channels)
     requests = PictureRequests(scanned.top.image_index[units, ranks], units, scanned.top.position[units, ranks])
@@ -220,8 +220,8 @@ def test_requests_for_skipped_images_unknown_units_or_positions_are_named(datase
     with pytest.raises(Exception, match="listing position 2 was not"):
         cutter.cut(read_images(dataset, np.array([0, 1]), INPUT, RESIZE),
                    PictureRequests(np.array([2]), np.array([0]), np.array([-1])))
-    with pytest.raises(Exception, match="picture_size"):
-        PictureSettings(picture_size=0)
+    with pytest.raises(Exception, match="example_size"):
+        PictureSettings(example_size=0)
     with pytest.raises(Exception, match="heatmap_size"):
         PictureSettings(heatmap_size=2.5)
     empty = cutter.cut(decoded, PictureRequests(np.zeros(0), np.zeros(0), np.zeros(0)))

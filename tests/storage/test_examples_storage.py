@@ -24,7 +24,7 @@ def pictures(units: range, seed: int = 0):
 
 def writer_for(target) -> AtlasWriter:
     writer = AtlasWriter.create(target.url, storage_options=target.options)
-    writer.declare_examples("m", "l", "top", n_units=UNITS, slots=SLOTS, picture_size=SIZE, heatmap_size=HEAT,
+    writer.declare_examples("m", "l", "top", n_units=UNITS, slots=SLOTS, example_size=SIZE, heatmap_size=HEAT,
                             units_per_shard=4)
     writer.declare_activations("m", "l", n_images=10, n_channels=3, images_per_chunk=4)
     return writer
