@@ -347,6 +347,51 @@ def direction_neuron(
     return Objective(inner, f"direction_neuron({layer})", [layer], [_direction_check(layer, v)])
 
 
+def _each_dot_cossim(x: torch.Tensor, vecs: torch.Tensor, cossim_pow: float) -> torch.Tensor:
+    """`[B]`: element i's x·v_i over its positions (x `[B, ..., C]`), times max(0.1, cos)^cossim_pow, averaged."""
+    vecs = vecs.to(x.device, x.dtype)
+    if vecs.shape != (x.shape[0], x.shape[-1]):
+        raise LoupeError(f"{vecs.shape[0]} directions of {vecs.shape[1]} values given for a batch of {x.shape[0]} "
+                         f"images of a {x.shape[-1]}-channel layer; give one direction per image")
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    dot = (flat * vecs[:, None, :]).sum(-1)
+    if cossim_pow == 0:
+        return dot.mean(1)
+    eps = 1e-4
+    cossim = dot / (eps + flat.norm(dim=-1)) / (eps + vecs.norm(dim=-1, keepdim=True))
+    return (dot * cossim.clamp(min=0.1) ** cossim_pow).mean(1)
+
+
+def _directions_check(layer: str, vecs: torch.Tensor) -> Check:
+    def check(model: "LoadedModel") -> None:
+        info = model.layer(layer)
+        if vecs.ndim != 2 or info.channels != vecs.shape[1]:
+            raise LoupeError(f"directions of shape {list(vecs.shape)} do not fit layer {layer} with {info.channels} channels")
+
+    return check
+
+
+def each_direction(layer: str, directions, cossim_pow: float = 0.0) -> Objective:
+    """Element i maximizes its own direction `directions[i]` (Lucid's `direction`, batched over units,
+    as for SAE latents or any basis); with `cossim_pow`, Activation Atlas's dot x cosine^pow."""
+    vecs = torch.as_tensor(directions, dtype=torch.float32)
+    return Objective(lambda T: _each_dot_cossim(T.channels_last(layer), vecs, cossim_pow).sum(),
+                     f"each_direction({layer})", [layer], [_directions_check(layer, vecs)])
+
+
+def each_direction_neuron(layer: str, directions, x: int | None = None, y: int | None = None,
+                          cossim_pow: float = 0.0) -> Objective:
+    """`each_direction` at one position (default the centre), like `direction_neuron`."""
+    vecs = torch.as_tensor(directions, dtype=torch.float32)
+
+    def inner(T: Activations) -> torch.Tensor:
+        t = T.channels_last(layer)
+        at = t[(slice(None), *_position(T, layer, x, y))]
+        return _each_dot_cossim(at[:, None, :], vecs, cossim_pow).sum()
+
+    return Objective(inner, f"each_direction_neuron({layer})", [layer], [_directions_check(layer, vecs)])
+
+
 def deepdream(layer: str, batch: int | None = None) -> Objective:
     """Mean squared activation of a whole layer (DeepDream)."""
     return Objective(lambda T: (_select(T(layer), batch) ** 2).mean(), f"deepdream({layer})", [layer])
@@ -503,6 +548,8 @@ __all__ = [
     "direction",
     "direction_neuron",
     "each_channel",
+    "each_direction",
+    "each_direction_neuron",
     "each_neuron",
     "neuron",
     "neuron_values",

@@ -271,6 +271,47 @@ class CPPNImage(Parameterization):
         return rgb.reshape(self.batch, -1, self.height, self.width)
 
 
+class MacoImage(Parameterization):
+    """MACO (Fel et al., 2023): only the Fourier phase is optimized; the magnitude stays fixed at a
+    natural spectrum (e.g. `spectrum.MagnitudeSpectrum` of the scan dataset), so the image keeps
+    natural-image statistics however hard the objective pushes. The spatial image is standardized
+    per colour channel, then mapped into [0, 1] by a sigmoid (`values_range` spread).
+    """
+
+    def __init__(self, size: Size, magnitude: torch.Tensor, batch: int = 1, values_range: float = 2.0,
+                 seeds: Sequence[int] | None = None) -> None:
+        super().__init__(size, batch, seeds)
+        magnitude = torch.as_tensor(magnitude, dtype=torch.float32)
+        expected = (3, self.height, self.width // 2 + 1)
+        if tuple(magnitude.shape) != expected:
+            raise ValueError(f"maco magnitude must have shape {list(expected)} for a {self.height}x{self.width} image "
+                             f"(rfft2 of 3 colour channels), got {list(magnitude.shape)}")
+        if not torch.isfinite(magnitude).all() or (magnitude < 0).any():
+            raise ValueError("maco magnitude must be finite and non-negative")
+        self.register_buffer("magnitude", magnitude)
+        self.values_range = float(values_range)
+        gens = generators(seeds) if seeds is not None else None
+        phase = (random_normal(expected, self.batch, 1.0, gens=gens) * math.pi).float()
+        self.phase = nn.Parameter(phase)
+
+    def spatial(self) -> torch.Tensor:
+        """The image before standardization: irfft2 of magnitude * exp(i * phase)."""
+        spectrum = torch.polar(self.magnitude.expand_as(self.phase), self.phase)
+        return torch.fft.irfft2(spectrum, s=(self.height, self.width), norm="ortho")
+
+    def forward(self) -> torch.Tensor:
+        x = self.spatial()
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True).clamp_min(1e-8)
+        return torch.sigmoid((x - mean) / std * self.values_range)
+
+
+def maco(size: Size, magnitude: torch.Tensor, batch: int = 1, values_range: float = 2.0,
+         seeds: Sequence[int] | None = None) -> Parameterization:
+    """MACO's phase-only parameterization over a fixed magnitude spectrum `[3, H, W // 2 + 1]`."""
+    return MacoImage(size, magnitude, batch, values_range=values_range, seeds=seeds)
+
+
 def image(
     size: Size,
     batch: int = 1,
@@ -333,12 +374,14 @@ __all__ = [
     "CPPNImage",
     "FFTImage",
     "LowresImage",
+    "MacoImage",
     "Parameterization",
     "PixelImage",
     "cppn",
     "image",
     "linear_decorrelate_color",
     "lowres",
+    "maco",
     "pixel",
     "rfft2d_freqs",
     "to_valid_rgb",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 
@@ -20,6 +20,7 @@ from loupe.pipeline.scan.layout import as_channels_first
 
 if TYPE_CHECKING:
     from loupe.pipeline.models import LayerInfo
+    from loupe.pipeline.models.basis import Basis
 
 
 @dataclass
@@ -46,7 +47,7 @@ class BatchPass:
 
     def __init__(self, infos: "list[LayerInfo]", offsets: list[tuple[str, int, int]], state: UnitAccumulator,
                  pooled: ChunkStream | None, spatial: dict[str, ChunkStream], *, lazy_positions: bool,
-                 map_dtype: torch.dtype) -> None:
+                 map_dtype: torch.dtype, bases: Mapping[str, "Basis"] | None = None) -> None:
         self.layers = [info.name for info in infos]
         self.layouts = {info.name: info.layout for info in infos}
         self.ranges = {name: (lo, hi) for name, lo, hi in offsets}
@@ -55,6 +56,7 @@ class BatchPass:
         self.spatial = spatial
         self.lazy_positions = lazy_positions
         self.map_dtype = map_dtype
+        self.bases = dict(bases or {})
         self._reduced: dict[str, Reduced] = {}
         self._maps: dict[str, torch.Tensor] = {}
         self._ranks: torch.Tensor | None = None
@@ -62,6 +64,8 @@ class BatchPass:
     def on_output(self, name: str, activation: torch.Tensor) -> None:
         """Capture callback: reduce a layer's output while the forward pass is running."""
         flat = as_channels_first(activation, self.layouts[name]).flatten(2)
+        if name in self.bases:  # the basis's units at every position, computed on the fly: (B, n, P)
+            flat = self.bases[name].encode(flat.transpose(1, 2)).transpose(1, 2).contiguous()
         floors = self.state.floors(*self.ranges[name], self._ranks) if self.lazy_positions else None
         self._reduced[name] = reduce_activation(flat, floors)
         if name in self.spatial:  # the tensor is only valid during the callback: copy it

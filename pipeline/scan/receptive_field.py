@@ -48,6 +48,14 @@ class ReceptiveField:
         rows = channels if self.boxes.shape[0] > 1 else np.zeros_like(channels)
         return self.boxes[rows, np.clip(positions, 0, self.boxes.shape[1] - 1)]
 
+    def union(self) -> "ReceptiveField":
+        """One row of boxes covering every channel's box at each position: the field of a unit that
+        mixes channels (a direction or an SAE latent)."""
+        if self.shared:
+            return self
+        boxes = np.concatenate([self.boxes[..., :2].min(axis=0), self.boxes[..., 2:].max(axis=0)], axis=-1)
+        return ReceptiveField(self.layer, self.input_size, boxes[None].astype(np.int32))
+
     @property
     def shared(self) -> bool:
         return self.boxes.shape[0] == 1

@@ -31,6 +31,7 @@ from loupe.pipeline.scan.result import Examples, LayerResult, ScanResult
 
 if TYPE_CHECKING:
     from loupe.pipeline.models import LayerInfo, LoadedModel
+    from loupe.pipeline.models.basis import Basis
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -101,8 +102,11 @@ class Scanner:
         options: ScanOptions = ScanOptions(),
         *,
         receptive_fields: Mapping[str, ReceptiveField] | None = None,
+        bases: Mapping[str, "Basis"] | None = None,
     ) -> None:
-        """`receptive_fields` (e.g. probed once on a driver and shipped to every worker) skips the probe."""
+        """`receptive_fields` (e.g. probed once on a driver and shipped to every worker) skips the probe.
+        `bases` maps a layer to a `Basis` (directions or an SAE encoder): that layer's units are then
+        the basis's units, computed from the activation on the fly (nothing dense is stored)."""
         if isinstance(layers, str):
             layers = [name for name in layers.split(",") if name]
         layers = list(dict.fromkeys(layers))
@@ -115,11 +119,20 @@ class Scanner:
             if name not in layers:
                 raise ScanError(f"scan.spatial_layers names {name!r}, which is not among the scanned layers {layers}")
         self.layers = layers
+        self.bases = dict(bases or {})
+        for name, basis in self.bases.items():
+            if name not in layers:
+                raise ScanError(f"a basis is given for {name!r}, which is not among the scanned layers {layers}")
+            basis.check_layer(model.catalog[name].channels)
+            if name in options.spatial_layers:
+                raise ScanError(f"scan.spatial_layers cannot stream full maps of {name!r}: it is scanned in a basis")
+        self.widths = {info.name: self.bases[info.name].units if info.name in self.bases else info.channels
+                       for info in self.infos}
         self.offsets: list[tuple[str, int, int]] = []
         total = 0
         for info in self.infos:
-            self.offsets.append((info.name, total, total + info.channels))
-            total += info.channels
+            self.offsets.append((info.name, total, total + self.widths[info.name]))
+            total += self.widths[info.name]
         self.units = total
         size = model.preprocessing.input_size
         self._given: dict[str, ReceptiveField] = {}
@@ -187,7 +200,8 @@ class Scanner:
         )
         pooled, spatial = self._streams(listing, sink)
         return BatchPass(self.infos, self.offsets, UnitAccumulator(self.units, self.options.k, device), pooled,
-                         spatial, lazy_positions=lazy, map_dtype=_DTYPES[self.options.activation_dtype])
+                         spatial, lazy_positions=lazy, map_dtype=_DTYPES[self.options.activation_dtype],
+                         bases=self.bases)
 
     def _check_batch(self, batch: Batch, done: int, listing: Listing) -> None:
         if batch.start != done or batch.stop > listing.stop:
@@ -223,12 +237,13 @@ class Scanner:
             for kind, arrays in extremes.items():
                 keys, image, where = (a[lo:hi] for a in arrays)
                 channels = np.broadcast_to(np.arange(hi - lo)[:, None], keys.shape)
-                box = fields[name].lookup(channels, np.maximum(where, 0)).astype(np.int32)
+                field = fields[name] if name not in self.bases else fields[name].union()
+                box = field.lookup(channels, np.maximum(where, 0)).astype(np.int32)
                 box[image < 0] = 0
                 parts[kind] = Examples(keys.copy(), image.copy(), where.copy(), box)
                 referenced.update(image[image >= 0].tolist())
             layers[name] = LayerResult(
-                layer=name, layout=info.layout, channels=info.channels, spatial=tuple(info.spatial),
+                layer=name, layout=info.layout, channels=self.widths[name], spatial=tuple(info.spatial),
                 top=parts["top"], bottom=parts["bottom"],
                 images=totals.images[lo:hi].copy(), nonfinite=totals.nonfinite[lo:hi].copy(),
                 sums=totals.sums.select(units=slice(lo, hi)), max_positive=totals.max_positive[lo:hi].copy(),
