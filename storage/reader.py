@@ -347,8 +347,10 @@ def join_on_unit(parts: list[pa.Table]) -> pa.Table:
     joined = pa.table({"unit": units})
     for part in parts:
         part = part.cast(pa.schema([f.with_type(pa.int64()) if f.name == "unit" else f for f in part.schema]))
-        part = part.group_by("unit").aggregate([(c, "first") for c in part.column_names if c != "unit"]) \
-            if len(pc.unique(part.column("unit"))) != part.num_rows else part
+        if len(pc.unique(part.column("unit"))) != part.num_rows:
+            # "first" is an ordered aggregation: it needs single-threaded execution to mean row order.
+            part = part.group_by("unit", use_threads=False).aggregate(
+                [(c, "first") for c in part.column_names if c != "unit"])
         part = part.rename_columns([c[:-len("_first")] if c.endswith("_first") else c for c in part.column_names])
         right = part.rename_columns([c if c == "unit" else f"__new__{c}" for c in part.column_names])
         joined = joined.join(right, "unit", join_type="left outer")
@@ -360,7 +362,6 @@ def join_on_unit(parts: list[pa.Table]) -> pa.Table:
             else:
                 joined = joined.append_column(name, new)
             joined = joined.drop_columns([f"__new__{name}"])
-        joined = joined.sort_by("unit")
     unit_type = parts[0].schema.field("unit").type
     return joined.set_column(0, "unit", joined.column("unit").cast(unit_type)).sort_by("unit")
 

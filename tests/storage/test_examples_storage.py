@@ -124,3 +124,113 @@ def test_draft_reads_return_what_items_wrote_and_refuse_tampering(target):
     with pytest.raises(StorageError, match="not complete"):
         fresh.read_table_part("reduce-zzz", "units", "m", "l")
     writer.release()
+
+
+def test_a_tampered_table_part_is_refused_naming_it(target):
+    writer = writer_for(target)
+    with writer.item("reduce-a") as out:
+        out.write_histograms("m", "l", pa.table({"unit": pa.array([0], pa.int32()), "bin": [0], "count": [1]}))
+    store = ObjectStore(resolve(target.url, target.options))
+    part = f"versions/{writer.version}/tables/histograms/model=m/layer=l/part-reduce-a.parquet"
+    store.put(part, store.get(part)[:-1] + b"!")
+    fresh = AtlasWriter.resume(target.url, writer.version, target.options)
+    with pytest.raises(StorageError, match="part-reduce-a.parquet"):
+        fresh.read_table_part("reduce-a", "histograms", "m", "l")
+    with pytest.raises(StorageError, match="reduce-a wrote no samples table for m/l"):
+        fresh.read_table_part("reduce-a", "samples", "m", "l")
+    writer.release()
+
+
+def test_one_unit_reads_one_shard_of_each_array(s3_bucket, s3_options):
+    from tests.storage.atlas_samples import S3Requests, Target
+
+    target = Target("s3", f"s3://{s3_bucket}/atlases/examples-counted", s3_options)
+    writer = writer_for(target)
+    pixels, heat = pictures(range(0, UNITS))
+    with writer.item("reduce-a") as out:
+        out.write_example_pictures("m", "l", "top", range(0, UNITS), pixels, heat)
+    writer.publish()
+    writer.release()
+    with S3Requests() as requests:
+        atlas = open_atlas(target.url, storage_options=target.options)
+        atlas.example_pictures("m", "l", 0, "top")  # the checksum list, read once per atlas
+        for unit in (1, 5, 9):
+            requests.clear()
+            stored = atlas.example_pictures("m", "l", unit, "top")
+            assert np.array_equal(stored.pictures, pixels[unit]) and np.array_equal(stored.heatmaps, heat[unit])
+            shard = unit // 4
+            assert all(method == "GET" and rng is not None for method, _, rng in requests.sent)
+            assert sorted({url.split("/examples/m/l/")[1] for _, url, _ in requests.sent}) == [
+                f"top.heatmaps.zarr/c/{shard}/0/0/0", f"top.pictures.zarr/c/{shard}/0/0/0/0"]
+            assert len(requests.sent) == 4  # per array: the shard index, then the unit's chunk
+
+
+def test_a_manifest_from_before_example_pictures_still_opens(target):
+    import json
+
+    from loupe.storage.checksums import canonical_json, sha256
+
+    writer = writer_for(target)
+    with writer.item("reduce-a") as out:
+        out.write_units("m", "l", pa.table({"unit": pa.array([0, 1], pa.int32()), "max_max": [1.0, 2.0]}))
+    writer.publish()
+    writer.release()
+    store = ObjectStore(resolve(target.url, target.options))
+    manifest = json.loads(store.get(f"versions/{writer.version}/manifest.json"))
+    for by_layer in manifest["layers"].values():
+        for entry in by_layer.values():
+            del entry["examples"]
+    data = canonical_json(manifest)
+    store.put(f"versions/{writer.version}/manifest.json", data)
+    pointer = json.loads(store.get("atlas.json"))
+    pointer["manifest_sha256"] = sha256(data)
+    store.put("atlas.json", canonical_json(pointer))
+    atlas = open_atlas(target.url, storage_options=target.options)
+    assert atlas.example_kinds("m", "l") == []
+    assert atlas.units_table("m", "l").column("max_max").to_pylist() == [1.0, 2.0]
+    with pytest.raises(StorageError, match=r"no 'top' example pictures for m/l.*kinds: \[\]"):
+        atlas.example_pictures("m", "l", 0)
+
+
+def test_a_flipped_byte_in_a_picture_shard_is_named(target):
+    from loupe.storage import ChecksumError
+
+    writer = writer_for(target)
+    pixels, heat = pictures(range(0, 4))
+    with writer.item("reduce-a") as out:
+        out.write_example_pictures("m", "l", "top", range(0, 4), pixels, heat)
+    writer.publish()
+    writer.release()
+    store = ObjectStore(resolve(target.url, target.options))
+    shard = f"versions/{writer.version}/examples/m/l/top.pictures.zarr/c/0/0/0/0/0"
+    data = bytearray(store.get(shard))
+    data[0] ^= 0x01  # the first chunk of the shard: unit 0's pictures
+    store.put(shard, bytes(data))
+    atlas = open_atlas(target.url, storage_options=target.options)
+    with pytest.raises(ChecksumError, match="top.pictures.zarr/c/0/0/0/0/0"):
+        atlas.example_pictures("m", "l", 0, "top")
+
+
+def test_joining_units_parts_matches_a_brute_force_merge():
+    from loupe.storage.reader import join_on_unit
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        parts, expected = [], {}
+        for index in range(int(rng.integers(1, 4))):
+            units = rng.integers(0, 8, int(rng.integers(1, 10)))  # repeats allowed within a part
+            columns = {name: [None if rng.random() < 0.3 else float(rng.integers(0, 100)) for _ in units]
+                       for name in rng.choice(["a", "b", "c"], int(rng.integers(1, 3)), replace=False)}
+            parts.append(pa.table({"unit": pa.array(units, pa.int32()),
+                                   **{n: pa.array(v, pa.float64()) for n, v in columns.items()}}))
+            for row, unit in enumerate(units.tolist()):
+                merged = expected.setdefault(unit, {})
+                for name, values in columns.items():
+                    if merged.get(name) is None:
+                        merged[name] = values[row]
+        names = sorted({c for p in parts for c in p.column_names if c != "unit"})
+        got = join_on_unit(parts)
+        assert got.schema.field("unit").type == pa.int32()
+        assert got.column("unit").to_pylist() == sorted(expected)
+        for row in got.to_pylist():
+            assert {n: row[n] for n in names} == {n: expected[row["unit"]].get(n) for n in names}

@@ -11,10 +11,12 @@ import urllib.request
 from loupe.jobs.cli.view import free_port
 
 
-def test_loupe_view_serves_the_atlas_on_loopback(viewer_atlas):
+def test_loupe_view_serves_the_atlas_on_loopback(viewer_atlas, tmp_path):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "loupe", "view", str(viewer_atlas), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "view.log"  # a file, not a pipe: a chatty import can never block the server on a full pipe
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-u", "-m", "loupe", "view", str(viewer_atlas), "--port", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
     try:
         deadline = time.monotonic() + 240  # a cold start imports torch; slow on a loaded 2-core machine
         while True:
@@ -24,13 +26,13 @@ def test_loupe_view_serves_the_atlas_on_loopback(viewer_atlas):
                 break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise AssertionError(f"loupe view did not serve: {process.stdout.read() if process.poll() is not None else ''}")
+                    raise AssertionError(f"loupe view did not serve: {log.read_text()[-3000:]}")
                 time.sleep(0.2)
         assert 'data-unit="1"' in page
     finally:
         process.terminate()
         process.wait(timeout=20)
-    assert f"http://127.0.0.1:{port}/" in process.stdout.read()
+    assert f"http://127.0.0.1:{port}/" in log.read_text()
 
 
 def test_an_unknown_atlas_or_version_is_named_before_serving(tmp_path, viewer_atlas):
