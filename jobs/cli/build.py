@@ -67,6 +67,11 @@ def describe_work(config: BuildConfig, models: list[ResolvedModel]) -> str:
     if config.scan is not None and config.scan.enabled:
         scanned = sum(layer.info.channels for m in models for layer in m.layers)
         scan = f"scans all {scanned} channel(s) of those layers over {config.scan.dataset.url}"
+        examples = config.scan.examples
+        if examples.enabled:
+            bands = len(examples.quantiles) - 1
+            scan += (f", storing {config.scan.k} top and {config.scan.k} bottom example pictures and "
+                     f"{bands} x {examples.samples_per_band} band samples per channel ({examples.example_size} px)")
     else:
         scan = "scans nothing"
     return f"{len(models)} model(s), {layers} layer(s); {renders}; {scan}"

@@ -6,9 +6,22 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import urllib.request
+import http.client
 
 from loupe.jobs.cli.view import free_port
+
+
+def get(port: int, path: str) -> str:
+    """GET straight from 127.0.0.1 (http.client: no proxy settings from the environment apply)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        if response.status != 200:
+            raise OSError(f"HTTP {response.status}")
+        return response.read().decode()
+    finally:
+        connection.close()
 
 
 def test_loupe_view_serves_the_atlas_on_loopback(viewer_atlas, tmp_path):
@@ -21,8 +34,7 @@ def test_loupe_view_serves_the_atlas_on_loopback(viewer_atlas, tmp_path):
         deadline = time.monotonic() + 240  # a cold start imports torch; slow on a loaded 2-core machine
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/m/r20/layer2/1", timeout=5) as response:
-                    page = response.read().decode()
+                page = get(port, "/m/r20/layer2/1")
                 break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
