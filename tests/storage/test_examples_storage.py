@@ -50,15 +50,20 @@ def test_pictures_round_trip_across_shards(target):
         atlas.example_pictures("m", "l", 0, "bottom")
 
 
-def test_a_missing_shard_is_named(target):
+def published_first_shard(target) -> tuple[ObjectStore, str]:
+    """Publish pictures of units 0-3 (one shard); return the store and the shard's key."""
     writer = writer_for(target)
     pixels, heat = pictures(range(0, 4))
     with writer.item("reduce-a") as out:
         out.write_example_pictures("m", "l", "top", range(0, 4), pixels, heat)
     writer.publish()
     writer.release()
-    store = ObjectStore(resolve(target.url, target.options))
-    shard = f"versions/{writer.version}/examples/m/l/top.pictures.zarr/c/0/0/0/0/0"
+    return ObjectStore(resolve(target.url, target.options)), \
+        f"versions/{writer.version}/examples/m/l/top.pictures.zarr/c/0/0/0/0/0"
+
+
+def test_a_missing_shard_is_named(target):
+    store, shard = published_first_shard(target)
     store.delete(shard)
     with pytest.raises(MissingObjectError, match="top.pictures.zarr/c/0/0/0/0/0"):
         open_atlas(target.url, storage_options=target.options).example_pictures("m", "l", 1, "top")
@@ -195,14 +200,7 @@ def test_a_manifest_from_before_example_pictures_still_opens(target):
 def test_a_flipped_byte_in_a_picture_shard_is_named(target):
     from loupe.storage import ChecksumError
 
-    writer = writer_for(target)
-    pixels, heat = pictures(range(0, 4))
-    with writer.item("reduce-a") as out:
-        out.write_example_pictures("m", "l", "top", range(0, 4), pixels, heat)
-    writer.publish()
-    writer.release()
-    store = ObjectStore(resolve(target.url, target.options))
-    shard = f"versions/{writer.version}/examples/m/l/top.pictures.zarr/c/0/0/0/0/0"
+    store, shard = published_first_shard(target)
     data = bytearray(store.get(shard))
     data[0] ^= 0x01  # the first chunk of the shard: unit 0's pictures
     store.put(shard, bytes(data))
