@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from loupe.pipeline.featurevis.render import REDIRECT_STEPS, as_loaded_model, ma
 from loupe.pipeline.featurevis.transforms import Transform
 from loupe.pipeline.models import LoadedModel
 from loupe.pipeline.models.catalog import check_unit
+
+if TYPE_CHECKING:
+    from loupe.pipeline.models.basis import Basis
 
 #: The render kinds, named as in build configs: maximize a channel's mean, its centre neuron,
 #: minimize the channel's mean, or maximize it with a set of mutually different images.
@@ -98,20 +101,40 @@ def stream_seed(image_seed: int, stream: str) -> int:
     return _hash_seed(f"{int(image_seed)}|{stream}")
 
 
-def unit_values(T: objectives.Activations, layer: str, rows: Sequence[Row], kind: str) -> torch.Tensor:
-    """`[B]`: what each element reports: its unit's centre value (neuron) or its mean over positions."""
+def unit_values(T: objectives.Activations, layer: str, rows: Sequence[Row], kind: str,
+                basis: "Basis | None" = None) -> torch.Tensor:
+    """`[B]`: what each element reports: its unit's centre value (neuron) or its mean over positions
+    (for a basis unit: its direction's dot product)."""
     units = [unit for unit, _ in rows]
+    if basis is not None:
+        vecs = basis.directions[units]
+        if kind == "neuron":
+            return objectives.direction_neuron_values(T, layer, vecs)
+        return objectives.direction_values(T, layer, vecs)
     if kind == "neuron":
         return objectives.neuron_values(T, layer, units)
     return objectives.channel_values(T, layer, units)
 
 
-def batch_objective(layer: str, rows: Sequence[Row], kind: str, settings: RenderSettings) -> Objective:
+def batch_objective(layer: str, rows: Sequence[Row], kind: str, settings: RenderSettings,
+                    basis: "Basis | None" = None) -> Objective:
     """Every element's own objective, summed, so no element's gradient depends on another's.
 
     Diversity sets (consecutive rows of one unit) score as Lucid's channel - w * diversity, per set.
+    With a basis, unit i is the basis's direction i (Lucid's `direction`, batched).
     """
     units = [unit for unit, _ in rows]
+    if basis is not None:
+        vecs = basis.directions[units]
+        if kind == "neuron":
+            return objectives.each_direction_neuron(layer, vecs)
+        if kind == "negative":
+            return -objectives.each_direction(layer, vecs)
+        if kind == "channel":
+            return objectives.each_direction(layer, vecs)
+        n = settings.images_per_unit
+        return objectives.each_direction(layer, vecs) / n - settings.diversity_weight * objectives.diversity(
+            layer, len(rows) // n)
     if kind == "neuron":
         return objectives.each_neuron(layer, units)
     if kind == "negative":
@@ -124,7 +147,7 @@ def batch_objective(layer: str, rows: Sequence[Row], kind: str, settings: Render
 
 
 def _checked_units(lm: LoadedModel, layer: str, units: Sequence[int], kind: str, settings: RenderSettings,
-                   images_per_step: int) -> list[int]:
+                   images_per_step: int, basis: "Basis | None" = None) -> list[int]:
     """The request's units, or a LoupeError naming the kind, layer, unit or setting at fault."""
     if kind not in KINDS:
         raise LoupeError(f"unknown render kind '{kind}'; choose one of {', '.join(KINDS)}")
@@ -132,8 +155,14 @@ def _checked_units(lm: LoadedModel, layer: str, units: Sequence[int], kind: str,
     unit_list = [int(u) for u in units]
     if not unit_list:
         raise LoupeError(f"no units given to render for layer {layer}")
-    for unit in unit_list:
-        check_unit(info, unit)
+    if basis is not None:
+        basis.check_layer(info.channels)
+        bad = [u for u in unit_list if not 0 <= u < basis.units]
+        if bad:
+            raise LoupeError(f"unit {bad[0]} is outside basis {basis.source} of layer {layer} ({basis.units} units)")
+    else:
+        for unit in unit_list:
+            check_unit(info, unit)
     if int(images_per_step) < 1:
         raise LoupeError(f"images_per_step must be >= 1, got {images_per_step}")
     if kind == "diversity" and settings.images_per_unit < 2:
@@ -161,6 +190,7 @@ def render_units(
     images_per_step: int = 32,
     transforms: Sequence[Transform | Callable] | None = None,
     progress: bool | Callable[[int, float], None] = False,
+    basis: "Basis | None" = None,
 ) -> UnitRenders:
     """Render `units` of `layer` (kind: channel, neuron, negative or diversity), `images_per_step` images at a time.
 
@@ -168,10 +198,11 @@ def render_units(
     value for neurons, measured on the final quantized image without transforms; for negative
     the raw mean, which the render drove down). `transforms` overrides the standard list (then
     `settings.standard_transforms` is ignored). Runs under `fixed_numerics(settings.threads)`.
+    With a `basis`, units index its directions (SAE latents, any directions) instead of channels.
     """
     lm = as_loaded_model(model)
     settings = settings or RenderSettings()
-    unit_list = _checked_units(lm, layer, units, kind, settings, images_per_step)
+    unit_list = _checked_units(lm, layer, units, kind, settings, images_per_step, basis)
     per_unit = settings.images_per_unit if kind == "diversity" else 1
     transform = make_transform(transforms if transforms is not None else (None if settings.standard_transforms else []))
     acceleration = engine.Acceleration(settings.precision, settings.channels_last)
@@ -181,7 +212,8 @@ def render_units(
     try:
         with fixed_numerics(settings.threads), engine.ForwardSession(lm, [layer], acceleration) as session:
             for rows in batches:
-                batch_images, batch_acts = _render_batch(lm, session, layer, rows, kind, settings, seed, transform, step_fn)
+                batch_images, batch_acts = _render_batch(lm, session, layer, rows, kind, settings, seed, transform,
+                                                         step_fn, basis)
                 images.append(batch_images)
                 activations.append(batch_acts)
     finally:
@@ -209,6 +241,7 @@ def _render_batch(
     seed: int,
     transform,
     step_fn,
+    basis: "Basis | None" = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     image_seeds = [unit_seed(seed, layer, u, kind, i) for u, i in rows]
     init_seeds = [stream_seed(s, "init") for s in image_seeds]
@@ -220,13 +253,13 @@ def _render_batch(
     uniforms = engine.step_uniforms(generators(draw_seeds), settings.steps, transform.n_random, lm.device)
     optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
     (final,) = engine.optimize(
-        session, batch_objective(layer, rows, kind, settings), image, optimizer, transform, uniforms,
+        session, batch_objective(layer, rows, kind, settings, basis), image, optimizer, transform, uniforms,
         [settings.steps], redirect_steps=REDIRECT_STEPS if settings.redirected_relu else 0, progress=step_fn,
     )
     quantized = (final * 255).round().to(torch.uint8)
     with torch.no_grad():
         as_float = quantized.float() / 255
-        measure = unit_values(session(as_float, as_float), layer, rows, kind)
+        measure = unit_values(session(as_float, as_float), layer, rows, kind, basis)
     return quantized.permute(0, 2, 3, 1).cpu().numpy(), measure.float().cpu().numpy()
 
 

@@ -371,11 +371,23 @@ def _directions_check(layer: str, vecs: torch.Tensor) -> Check:
     return check
 
 
+def direction_values(T: Activations, layer: str, directions, cossim_pow: float = 0.0) -> torch.Tensor:
+    """`[B]`: element i's dot product with its own direction `directions[i]`, averaged over positions."""
+    return _each_dot_cossim(T.channels_last(layer), torch.as_tensor(directions, dtype=torch.float32), cossim_pow)
+
+
+def direction_neuron_values(T: Activations, layer: str, directions, x: int | None = None, y: int | None = None,
+                            cossim_pow: float = 0.0) -> torch.Tensor:
+    """`[B]`: `direction_values` at one position (default the centre)."""
+    at = T.channels_last(layer)[(slice(None), *_position(T, layer, x, y))]
+    return _each_dot_cossim(at[:, None, :], torch.as_tensor(directions, dtype=torch.float32), cossim_pow)
+
+
 def each_direction(layer: str, directions, cossim_pow: float = 0.0) -> Objective:
     """Element i maximizes its own direction `directions[i]` (Lucid's `direction`, batched over units,
     as for SAE latents or any basis); with `cossim_pow`, Activation Atlas's dot x cosine^pow."""
     vecs = torch.as_tensor(directions, dtype=torch.float32)
-    return Objective(lambda T: _each_dot_cossim(T.channels_last(layer), vecs, cossim_pow).sum(),
+    return Objective(lambda T: direction_values(T, layer, vecs, cossim_pow).sum(),
                      f"each_direction({layer})", [layer], [_directions_check(layer, vecs)])
 
 
@@ -383,13 +395,8 @@ def each_direction_neuron(layer: str, directions, x: int | None = None, y: int |
                           cossim_pow: float = 0.0) -> Objective:
     """`each_direction` at one position (default the centre), like `direction_neuron`."""
     vecs = torch.as_tensor(directions, dtype=torch.float32)
-
-    def inner(T: Activations) -> torch.Tensor:
-        t = T.channels_last(layer)
-        at = t[(slice(None), *_position(T, layer, x, y))]
-        return _each_dot_cossim(at[:, None, :], vecs, cossim_pow).sum()
-
-    return Objective(inner, f"each_direction_neuron({layer})", [layer], [_directions_check(layer, vecs)])
+    return Objective(lambda T: direction_neuron_values(T, layer, vecs, x, y, cossim_pow).sum(),
+                     f"each_direction_neuron({layer})", [layer], [_directions_check(layer, vecs)])
 
 
 def deepdream(layer: str, batch: int | None = None) -> Objective:
@@ -548,6 +555,8 @@ __all__ = [
     "direction",
     "direction_neuron",
     "each_channel",
+    "direction_neuron_values",
+    "direction_values",
     "each_direction",
     "each_direction_neuron",
     "each_neuron",

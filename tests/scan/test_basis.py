@@ -127,3 +127,19 @@ def test_a_one_hot_direction_renders_exactly_like_its_channel():
     with pytest.raises(Exception, match="do not fit layer conv1"):
         render_vis(model, objectives.each_direction("conv1", torch.eye(5)[:2]), lambda: param.image(16, batch=2),
                    **settings)
+
+
+@pytest.mark.parametrize("kind", ["channel", "neuron", "negative", "diversity"])
+def test_render_units_in_a_one_hot_basis_equal_the_channels(kind):
+    from loupe.pipeline.featurevis import RenderSettings, render_units
+
+    model = tiny_model(input_size=16)
+    settings = RenderSettings(size=16, steps=6, images_per_unit=2 if kind == "diversity" else 1)
+    picked = [3, 1]
+    channels = render_units(model, "conv1", picked, kind, settings, seed=2)
+    basis = Basis("conv1", torch.eye(6)[[0, 1, 2, 3]])  # unit u of the basis = channel u
+    directions = render_units(model, "conv1", picked, kind, settings, seed=2, basis=basis)
+    assert np.array_equal(channels.images, directions.images)
+    assert np.allclose(channels.activations, directions.activations, rtol=1e-6, atol=1e-7)
+    with pytest.raises(Exception, match="unit 5 is outside basis"):
+        render_units(model, "conv1", [5], kind, settings, basis=basis)
