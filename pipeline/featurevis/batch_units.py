@@ -126,24 +126,17 @@ def batch_objective(layer: str, rows: Sequence[Row], kind: str, settings: Render
     units = [unit for unit, _ in rows]
     if basis is not None:
         vecs = basis.directions[units]
-        if kind == "neuron":
-            return objectives.each_direction_neuron(layer, vecs)
-        if kind == "negative":
-            return -objectives.each_direction(layer, vecs)
-        if kind == "channel":
-            return objectives.each_direction(layer, vecs)
-        n = settings.images_per_unit
-        return objectives.each_direction(layer, vecs) / n - settings.diversity_weight * objectives.diversity(
-            layer, len(rows) // n)
+        whole, centre = objectives.each_direction(layer, vecs), objectives.each_direction_neuron(layer, vecs)
+    else:
+        whole, centre = objectives.each_channel(layer, units), objectives.each_neuron(layer, units)
     if kind == "neuron":
-        return objectives.each_neuron(layer, units)
+        return centre
     if kind == "negative":
-        return -objectives.each_channel(layer, units)
+        return -whole
     if kind == "channel":
-        return objectives.each_channel(layer, units)
+        return whole
     n = settings.images_per_unit
-    sets = len(rows) // n
-    return objectives.each_channel(layer, units) / n - settings.diversity_weight * objectives.diversity(layer, sets)
+    return whole / n - settings.diversity_weight * objectives.diversity(layer, len(rows) // n)
 
 
 def _checked_units(lm: LoadedModel, layer: str, units: Sequence[int], kind: str, settings: RenderSettings,
