@@ -54,12 +54,12 @@ def config(atlas: Path, images: Path, args, examples: bool) -> dict:
     }
 
 
-def timed_build(raw: dict) -> float:
+def timed_build(raw: dict, threads: int | None) -> float:
     from loupe.jobs.build import run_build
     from loupe.jobs.build.config import parse_config
 
     started = time.perf_counter()
-    summary = run_build(parse_config(raw), executor="local", progress=False, log=lambda _: None, threads=args_threads)
+    summary = run_build(parse_config(raw), executor="local", progress=False, log=lambda _: None, threads=threads)
     assert summary.published, summary.failed
     return time.perf_counter() - started
 
@@ -110,11 +110,7 @@ def band_pass_seconds(atlas: Path, layers: list[str], args) -> float:
     return seconds
 
 
-args_threads: int | None = None
-
-
 def main() -> None:
-    global args_threads
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=96, help="model input size (px)")
@@ -127,16 +123,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--project-images", type=int, default=1_281_167)
     args = parser.parse_args()
-    args_threads = args.threads
     layers = args.layers.split(",")
     with tempfile.TemporaryDirectory(prefix="loupe-bench-examples-") as tmp:
         folder = Path(tmp)
         make_images(folder / "images", args.images, int(args.size * 1.25))
         make_images(folder / "half", args.images // 2, int(args.size * 1.25))
-        timed_build(config(folder / "warmup", folder / "half", args, False))  # page cache, imports
-        half = timed_build(config(folder / "baseline-half", folder / "half", args, False))
-        baseline = timed_build(config(folder / "baseline", folder / "images", args, False))
-        with_examples = timed_build(config(folder / "examples", folder / "images", args, True))
+        timed_build(config(folder / "warmup", folder / "half", args, False), args.threads)  # page cache, imports
+        half = timed_build(config(folder / "baseline-half", folder / "half", args, False), args.threads)
+        baseline = timed_build(config(folder / "baseline", folder / "images", args, False), args.threads)
+        with_examples = timed_build(config(folder / "examples", folder / "images", args, True), args.threads)
         named = named_images(folder / "examples", layers)
         channels = layer_channels(folder / "examples", layers)
         band_pass = band_pass_seconds(folder / "examples", layers, args)

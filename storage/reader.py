@@ -65,6 +65,7 @@ class Atlas:
         self.ranged_reads = ranged_reads
         self._arrays: dict[str, zarr.Array] = {}
         self._tables: dict[str, pa.Table] = {}
+        self._units_tables: dict[tuple[str, str], pa.Table] = {}
 
     def __repr__(self) -> str:
         return f"Atlas({self.store.location.url!r}, version={self.version!r})"
@@ -262,11 +263,13 @@ class Atlas:
         """One row per unit of a layer, sorted by unit: statistics (reduce), render scores (render
         items) and natural ratios (score items), joined on `unit`; a column several parts hold takes
         the first non-null value in part order."""
-        files = self._layer(model, layer)["tables"].get(tables.UNITS, {})
-        parts = [self._table_file(path, entry) for path, entry in sorted(files.items())]
-        if not parts:
-            raise StorageError(f"atlas {self.url}: no units table for {model}/{layer} in version {self.version}")
-        return join_on_unit(parts)
+        if (model, layer) not in self._units_tables:  # joined once per layer: a version never changes
+            files = self._layer(model, layer)["tables"].get(tables.UNITS, {})
+            parts = [self._table_file(path, entry) for path, entry in sorted(files.items())]
+            if not parts:
+                raise StorageError(f"atlas {self.url}: no units table for {model}/{layer} in version {self.version}")
+            self._units_tables[(model, layer)] = join_on_unit(parts)
+        return self._units_tables[(model, layer)]
 
     def examples(self, model: str, layer: str, unit: int | None = None) -> pa.Table:
         """Dataset example rows of a layer, or of one unit."""

@@ -203,25 +203,22 @@ class AtlasWriter:
         cache): a per-layer reduce reads one partial of every shard, and a shard's record lists
         the partials of all its layers.
         """
-        objects = self._record_objects.get(key)
-        if objects is None:
-            record = self.item_record(key)
-            objects = {} if record is None else record.objects
-            if record is not None:
-                self._record_objects[key] = objects
-                while len(self._record_objects) > _RECORD_CACHE:
-                    self._record_objects.popitem(last=False)
+        objects = self._record_objects_of(key, required=False)
         path = layout.partial(key, name)
         if path not in objects:
             url = self.store.location.url_of(self._rel(path))
             raise StorageError(f"work item {key} has no completed partial {name!r} ({url})", url=url)
         return self.store.get(self._rel(path), objects[path])
 
-    def _record_objects_of(self, key: str) -> dict:
+    def _record_objects_of(self, key: str, *, required: bool = True) -> dict:
+        """The objects a completed item's record lists (records are written once: cached, bounded).
+        An item without a record raises, or gives {} when not `required`."""
         objects = self._record_objects.get(key)
         if objects is None:
             record = self.item_record(key)
             if record is None:
+                if not required:
+                    return {}
                 url = self.store.location.url_of(layout.item_record(self.version, key))
                 raise StorageError(f"work item {key} is not complete in version {self.version} ({url})", url=url)
             objects = record.objects

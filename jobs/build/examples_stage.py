@@ -11,6 +11,7 @@ batch, not by the layer's units or the dataset.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import pyarrow as pa
 
 from loupe.jobs.build.plan import ReduceSpec
 from loupe.pipeline.scan.result import LayerResult, ScanResult
-from loupe.storage import StorageError
+from loupe.storage import StorageError, layout
 from loupe.storage.item_writer import ItemWriter
 
 #: Needed images decoded and cut per step (bounded memory; each image is read once).
@@ -93,10 +94,6 @@ def listing_total(merged: ScanResult) -> int:
 
 
 def _pooled_dtype(runner, model_id: str, layer: str) -> np.dtype:
-    import json
-
-    from loupe.storage import layout
-
     meta = json.loads(runner.writer.array_metadata(layout.activation_array(model_id, layer, "max")))
     return np.dtype(meta["data_type"])
 

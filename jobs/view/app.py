@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -60,8 +61,8 @@ def create_app(url: str, *, version: str | None = None, storage_options: Mapping
     async def home(request: Request) -> HTMLResponse:
         atlas = atlas_for(request)
         versions = source.versions()
-        models = {m: [(layer, len(atlas.units(m, layer)), atlas.kinds(m, layer)) for layer in atlas.layers(m)]
-                  for m in atlas.models()}
+        models = {m: [(layer, len(atlas.units(m, layer)), atlas.kinds(m, layer))
+                      for layer in sorted(atlas.layers(m), key=_natural)] for m in atlas.models()}
         return page(request, "home.html", {"atlas": atlas, "versions": versions, "models": models,
                                            "info": atlas.manifest})
 
@@ -184,7 +185,7 @@ def create_app(url: str, *, version: str | None = None, storage_options: Mapping
         Route("/img/{version}/heatmap/{model}/{layer}/{kind}/{unit}/{slot}.png", heatmap_png),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    handlers = {StorageError: storage_error, HTTPException: http_error, ValueError: _bad_value(storage_error)}
+    handlers = {StorageError: storage_error, HTTPException: http_error}
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.source = source
     return app
@@ -194,10 +195,9 @@ class BadParameter(StorageError):
     """A URL parameter that is not what the page expects (e.g. a unit that is not a number)."""
 
 
-def _bad_value(handler: Callable) -> Callable:
-    async def handle(request: Request, exc: Exception) -> Response:
-        return await handler(request, BadParameter(str(exc)))
-    return handle
+def _natural(name: str) -> list:
+    """Sort key that puts features.3 before features.14."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _int(value: str, name: str) -> int:

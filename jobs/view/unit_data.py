@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from loupe.jobs.view.columns import SORTABLE
 from loupe.storage import Atlas, StorageError
+from loupe.storage.manifest import to_ranges
 
 #: Units shown per page of a layer grid.
 PAGE_UNITS = 96
@@ -151,21 +151,4 @@ def _bands(samples: list[dict]) -> list[dict]:
 def _ranges(units: list[int]) -> str:
     if not units:
         return "none"
-    parts, start, previous = [], units[0], units[0]
-    for unit in units[1:] + [None]:
-        if unit is not None and unit == previous + 1:
-            previous = unit
-            continue
-        parts.append(f"{start}" if start == previous else f"{start}-{previous}")
-        if unit is not None:
-            start = previous = unit
-    return ", ".join(parts)
-
-
-def sample_slot(row: dict, samples_per_band: int) -> int:
-    """Index of a band sample's picture in the unit's `samples` pictures."""
-    return int(row["band"]) * samples_per_band + int(row["slot"])
-
-
-def filter_unit(table: pa.Table, unit: int) -> pa.Table:
-    return table.filter(pc.equal(table.column("unit"), int(unit)))
+    return ", ".join(f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in to_ranges(units))

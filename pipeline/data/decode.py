@@ -118,11 +118,16 @@ def resize_and_crop(image: Image.Image, input_size: int, resize_size: int) -> np
     return center_crop(array, input_size).transpose(2, 0, 1).copy()
 
 
-def resized_shape(height: int, width: int, resize_size: int) -> tuple[int, int]:
-    """(height, width) after `resize_and_crop`'s shorter-side resize."""
-    if width <= height:
-        return int(resize_size * height / width), resize_size
-    return resize_size, int(resize_size * width / height)
+def resized_shape(height, width, resize_size: int):
+    """(height, width) after `resize_and_crop`'s shorter-side resize: the shorter side becomes
+    `resize_size`, the other is truncated; ints for ints, int64 arrays for arrays."""
+    height, width = np.asarray(height), np.asarray(width)
+    portrait = width <= height
+    new_h = np.where(portrait, (resize_size * height / width).astype(np.int64), resize_size)
+    new_w = np.where(portrait, resize_size, (resize_size * width / height).astype(np.int64))
+    if new_h.ndim == 0:
+        return int(new_h), int(new_w)
+    return new_h, new_w
 
 
 def input_box_to_image_box(boxes: np.ndarray, original_size: np.ndarray, input_size: int, resize_size: int) -> np.ndarray:
@@ -141,10 +146,7 @@ def input_box_to_image_box(boxes: np.ndarray, original_size: np.ndarray, input_s
     height, width = sizes[..., 0], sizes[..., 1]
     if np.any(sizes < 1):
         raise ValueError(f"original_size must be positive (height, width), got {sizes[np.any(sizes < 1, axis=-1)][0]}")
-    # resized_shape, vectorised: the shorter side becomes resize_size, the other is truncated
-    portrait = width <= height
-    new_h = np.where(portrait, (resize_size * height / width).astype(np.int64), resize_size)
-    new_w = np.where(portrait, resize_size, (resize_size * width / height).astype(np.int64))
+    new_h, new_w = resized_shape(height, width, resize_size)
     offsets = []
     for new in (new_h, new_w):  # center_crop's offset into the resized image (negative: zero padding)
         pad = np.maximum(input_size - new, 0)
