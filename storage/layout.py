@@ -16,6 +16,11 @@ POINTER = "atlas.json"
 LOCK = ".atlas.lock"
 VERSIONS = "versions"
 
+#: The default basis of every layer: unit i is channel i. Its layer key is the layer's own name.
+CHANNELS = "channels"
+#: Joins a layer and a basis into the layer key that names a (layer, basis) everywhere in an atlas.
+BASIS_SEPARATOR = "@"
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]{0,199}$")
 _VERSION = re.compile(r"^\d{8}T\d{9}Z-[0-9a-f]{8}$")
 
@@ -28,6 +33,22 @@ def check_name(value: str, what: str) -> str:
             "starting with a letter or digit"
         )
     return value
+
+
+def layer_key(layer: str, basis: str = CHANNELS) -> str:
+    """The name a (layer, basis) has in an atlas: the layer itself for channels (so channel atlases
+    keep their paths), else `<layer>@<basis>`, e.g. `features.7@sae`."""
+    if basis == CHANNELS:
+        return layer
+    if BASIS_SEPARATOR in basis or BASIS_SEPARATOR in layer:
+        raise StorageError(f"layer {layer!r} and basis {basis!r} must not contain {BASIS_SEPARATOR!r}")
+    return f"{layer}{BASIS_SEPARATOR}{basis}"
+
+
+def split_layer_key(key: str) -> tuple[str, str]:
+    """(layer, basis) of a layer key; the inverse of `layer_key`."""
+    layer, separator, basis = key.rpartition(BASIS_SEPARATOR)
+    return (layer, basis) if separator else (key, CHANNELS)
 
 
 def check_relative_path(path: object, where: str) -> str:

@@ -79,13 +79,42 @@ class Atlas:
         return sorted(self.manifest["layers"])
 
     def layers(self, model: str) -> list[str]:
+        """The model's layers (each once, whatever bases it was built in)."""
+        return sorted({layout.split_layer_key(key)[0] for key in self._model(model)})
+
+    def layer_keys(self, model: str) -> list[str]:
+        """Every (layer, basis) of the model as its layer key: `layer` (channels) or `layer@basis`."""
         return sorted(self._model(model))
 
-    def kinds(self, model: str, layer: str) -> list[str]:
+    def bases(self, model: str, layer: str) -> list[str]:
+        """The bases `layer` was built in: "channels" (when built) first, then file bases by name."""
+        found = [basis for key in self._model(model) for name, basis in [layout.split_layer_key(key)] if name == layer]
+        if not found:
+            raise StorageError(f"atlas {self.url} version {self.version} has no layer {layer!r} in model {model!r}; "
+                               f"layers: {self.layers(model)}")
+        return sorted(found, key=lambda b: (b != layout.CHANNELS, b))
+
+    def basis(self, model: str, layer: str, basis: str = layout.CHANNELS) -> "BasisInfo":
+        """What the atlas records about one basis of a layer (its file, kind, size and digest)."""
+        key = layout.layer_key(layer, basis)
+        entry = self._layer(model, key)
+        if basis == layout.CHANNELS:
+            units = entry.get("units", [])
+            return BasisInfo(model, layer, basis, "channels", range_count_of(units), None, None, None, None)
+        record = (self.manifest.get("models", {}).get(model, {}).get("bases") or {}).get(key)
+        if record is None:
+            raise StorageError(f"atlas {self.url} version {self.version} has layer key {key!r} but no record of its "
+                               "basis in the manifest's models")
+        return BasisInfo(model, layer, basis, record["kind"], int(record["units"]), record.get("activation"),
+                         record.get("k"), record.get("source"), record.get("sha256"))
+
+    def kinds(self, model: str, layer: str, *, basis: str = layout.CHANNELS) -> list[str]:
+        layer = layout.layer_key(layer, basis)
         return sorted(self._layer(model, layer)["renders"])
 
-    def units(self, model: str, layer: str) -> list[int]:
+    def units(self, model: str, layer: str, *, basis: str = layout.CHANNELS) -> list[int]:
         """Units with a render or statistics in this version."""
+        layer = layout.layer_key(layer, basis)
         return [u for start, stop in self._layer(model, layer)["units"] for u in range(start, stop)]
 
     def _model(self, model: str) -> dict:
@@ -180,16 +209,18 @@ class Atlas:
         if not any(start <= unit < stop for start, stop in entry["units"]):
             raise StorageError(f"atlas {self.url}: unit {unit} has no {what} in version {self.version}")
 
-    def render(self, model: str, layer: str, unit: int, kind: str = "channel") -> np.ndarray:
+    def render(self, model: str, layer: str, unit: int, kind: str = "channel", *, basis: str = layout.CHANNELS) -> np.ndarray:
         """One unit's render as uint8 [H, W, 3] (or [S, H, W, 3] for multi-sample kinds)."""
+        layer = layout.layer_key(layer, basis)
         entry = self._render_entry(model, layer, kind)
         self._check_unit(entry, int(unit), f"{kind!r} render of {model}/{layer}")
         array = self.array(entry["array"])
         key = renders.shard_key(renders.geometry_from_metadata(self.manifest["arrays"][entry["array"]]["metadata"]), int(unit))
         return self._read(array, entry["array"], int(unit), key)
 
-    def layer_renders(self, model: str, layer: str, kind: str = "channel") -> tuple[np.ndarray, np.ndarray]:
+    def layer_renders(self, model: str, layer: str, kind: str = "channel", *, basis: str = layout.CHANNELS) -> tuple[np.ndarray, np.ndarray]:
         """All rendered units of a layer for a grid view: (unit indices, uint8 images [n, ...])."""
+        layer = layout.layer_key(layer, basis)
         entry = self._render_entry(model, layer, kind)
         array = self.array(entry["array"])
         units = np.array([u for a, b in entry["units"] for u in range(a, b)], dtype=np.int64)
@@ -200,22 +231,26 @@ class Atlas:
             images = np.concatenate([self._read(array, entry["array"], slice(a, b), None) for a, b in entry["units"]])
         return units, images
 
-    def render_units(self, model: str, layer: str, kind: str = "channel") -> list[int]:
+    def render_units(self, model: str, layer: str, kind: str = "channel", *, basis: str = layout.CHANNELS) -> list[int]:
         """Units that have a render of this kind."""
+        layer = layout.layer_key(layer, basis)
         return [u for a, b in self._render_entry(model, layer, kind)["units"] for u in range(a, b)]
 
-    def render_samples(self, model: str, layer: str, kind: str = "channel") -> int:
+    def render_samples(self, model: str, layer: str, kind: str = "channel", *, basis: str = layout.CHANNELS) -> int:
         """Images per unit of a render kind (1, or the size of a diversity set)."""
+        layer = layout.layer_key(layer, basis)
         shape = self.manifest["arrays"][self._render_entry(model, layer, kind)["array"]]["metadata"]["shape"]
         return 1 if len(shape) == 4 else int(shape[1])
 
     # ---- example pictures -------------------------------------------------------------------
-    def example_kinds(self, model: str, layer: str) -> list[str]:
+    def example_kinds(self, model: str, layer: str, *, basis: str = layout.CHANNELS) -> list[str]:
         """Kinds of stored example pictures of a layer (top, bottom, samples); [] without a scan."""
+        layer = layout.layer_key(layer, basis)
         return [k for k in examples.KINDS if k in self._layer(model, layer).get("examples", {})]
 
-    def example_pictures(self, model: str, layer: str, unit: int, kind: str = "top") -> "ExamplePictures":
+    def example_pictures(self, model: str, layer: str, unit: int, kind: str = "top", *, basis: str = layout.CHANNELS) -> "ExamplePictures":
         """One unit's stored example pictures and heat maps of one kind (two ranged reads)."""
+        layer = layout.layer_key(layer, basis)
         entry = self._layer(model, layer).get("examples", {}).get(kind)
         if entry is None:
             raise StorageError(f"atlas {self.url}: no {kind!r} example pictures for {model}/{layer} in version "
@@ -232,15 +267,17 @@ class Atlas:
             values[what] = self._read(self.array(entry[what]), entry[what], unit, key)
         return ExamplePictures(values["pictures"], values["heatmaps"])
 
-    def objective(self, model: str, layer: str, unit: int, kind: str = "channel") -> float | np.ndarray:
+    def objective(self, model: str, layer: str, unit: int, kind: str = "channel", *, basis: str = layout.CHANNELS) -> float | np.ndarray:
         """The final objective value of a unit's render."""
+        layer = layout.layer_key(layer, basis)
         entry = self._render_entry(model, layer, kind)
         self._check_unit(entry, int(unit), f"{kind!r} render of {model}/{layer}")
         value = self._read(self.array(entry["objective"]), entry["objective"], int(unit), None)
         return float(value) if np.ndim(value) == 0 else value
 
-    def activations(self, model: str, layer: str, pooling: str = "max") -> "LazyArray":
+    def activations(self, model: str, layer: str, pooling: str = "max", *, basis: str = layout.CHANNELS) -> "LazyArray":
         """Pooled scan activations (images x channels), read lazily: index it like a numpy array."""
+        layer = layout.layer_key(layer, basis)
         entry = self._layer(model, layer)["activations"].get(pooling)
         if entry is None:
             raise StorageError(f"atlas {self.url}: no {pooling!r} activations for {model}/{layer}")
@@ -259,10 +296,11 @@ class Atlas:
             return None
         return pa.concat_tables(parts, promote_options="permissive")
 
-    def units_table(self, model: str, layer: str) -> pa.Table:
+    def units_table(self, model: str, layer: str, *, basis: str = layout.CHANNELS) -> pa.Table:
         """One row per unit of a layer, sorted by unit: statistics (reduce), render scores (render
         items) and natural ratios (score items), joined on `unit`; a column several parts hold takes
         the first non-null value in part order."""
+        layer = layout.layer_key(layer, basis)
         if (model, layer) not in self._units_tables:  # joined once per layer: a version never changes
             files = self._layer(model, layer)["tables"].get(tables.UNITS, {})
             parts = [self._table_file(path, entry) for path, entry in sorted(files.items())]
@@ -271,8 +309,9 @@ class Atlas:
             self._units_tables[(model, layer)] = join_on_unit(parts)
         return self._units_tables[(model, layer)]
 
-    def examples(self, model: str, layer: str, unit: int | None = None) -> pa.Table:
+    def examples(self, model: str, layer: str, unit: int | None = None, *, basis: str = layout.CHANNELS) -> pa.Table:
         """Dataset example rows of a layer, or of one unit."""
+        layer = layout.layer_key(layer, basis)
         table = self._table_files(self._layer(model, layer)["tables"].get(tables.EXAMPLES, {}))
         if table is None:
             raise StorageError(f"atlas {self.url}: no examples table for {model}/{layer} in version {self.version}")
@@ -286,29 +325,35 @@ class Atlas:
             raise StorageError(f"atlas {self.url}: no {name} table for {model}/{layer} in version {self.version}")
         return table if unit is None else table.filter(pc.equal(table.column("unit"), int(unit)))
 
-    def samples(self, model: str, layer: str, unit: int | None = None) -> pa.Table:
+    def samples(self, model: str, layer: str, unit: int | None = None, *, basis: str = layout.CHANNELS) -> pa.Table:
         """Random samples per activation band (unit, band, slot, image, value, band edges, crop boxes)."""
+        layer = layout.layer_key(layer, basis)
         return self._unit_table(tables.SAMPLES, model, layer, unit)
 
-    def histograms(self, model: str, layer: str) -> pa.Table:
+    def histograms(self, model: str, layer: str, *, basis: str = layout.CHANNELS) -> pa.Table:
         """Histograms of every unit's per-image max (unit, bin, lower, upper, count)."""
+        layer = layout.layer_key(layer, basis)
         return self._unit_table(tables.HISTOGRAMS, model, layer, None)
 
-    def histogram(self, model: str, layer: str, unit: int) -> pa.Table:
+    def histogram(self, model: str, layer: str, unit: int, *, basis: str = layout.CHANNELS) -> pa.Table:
         """One unit's histogram rows, by bin."""
+        layer = layout.layer_key(layer, basis)
         return self._unit_table(tables.HISTOGRAMS, model, layer, unit).sort_by("bin")
 
     # ---- notebook display --------------------------------------------------------------
-    def unit(self, model: str, layer: str, unit: int) -> "display.UnitView":
+    def unit(self, model: str, layer: str, unit: int, *, basis: str = layout.CHANNELS) -> "display.UnitView":
         """A unit's renders, top/bottom examples and statistics; shows itself as HTML in Jupyter."""
+        layer = layout.layer_key(layer, basis)
         return display.unit_view(self, model, layer, int(unit))
 
-    def layer(self, model: str, layer: str, kind: str = "channel") -> "display.LayerView":
+    def layer(self, model: str, layer: str, kind: str = "channel", *, basis: str = layout.CHANNELS) -> "display.LayerView":
         """A layer's renders as a grid; shows itself as HTML in Jupyter."""
+        layer = layout.layer_key(layer, basis)
         return display.layer_view(self, model, layer, kind)
 
-    def stats(self, model: str, layer: str, unit: int) -> dict:
+    def stats(self, model: str, layer: str, unit: int, *, basis: str = layout.CHANNELS) -> dict:
         """A unit's statistics merged from every units-table row about it."""
+        layer = layout.layer_key(layer, basis)
         table = self.units_table(model, layer)
         rows = table.filter(pc.equal(table.column("unit"), int(unit))).to_pylist()
         if not rows:
@@ -341,6 +386,29 @@ class ExamplePictures:
 
     pictures: np.ndarray
     heatmaps: np.ndarray
+
+
+@dataclass(frozen=True)
+class BasisInfo:
+    """One basis of a layer in an atlas: `channels`, or directions/SAE latents from a file."""
+
+    model: str
+    layer: str
+    name: str
+    kind: str  # "channels", "directions" or "sae"
+    units: int  # for channels: the units built; for a file basis: all its units
+    activation: str | None
+    k: int | None
+    source: str | None  # the basis file's URL at build time
+    sha256: str | None
+
+    @property
+    def key(self) -> str:
+        return layout.layer_key(self.layer, self.name)
+
+
+def range_count_of(ranges: list[list[int]]) -> int:
+    return sum(int(b) - int(a) for a, b in ranges)
 
 
 def join_on_unit(parts: list[pa.Table]) -> pa.Table:

@@ -1,4 +1,4 @@
-"""Render arrays: per (model, layer, kind) a units x H x W x 3 uint8 Zarr v3 array, sharded so that
+"""Render arrays: per (model, layer, kind) a units x H x W x 3 (or 4: RGBA) uint8 Zarr v3 array, sharded so that
 one shard object holds exactly the units of one render work item, plus a float32 array of each
 unit's final objective value (one chunk per work item).
 
@@ -26,6 +26,7 @@ class RenderGeometry:
     width: int
     units_per_shard: int
     samples: int | None = None  # images per unit (e.g. diversity); None means one image per unit
+    channels: int = 3  # 3: RGB; 4: RGBA (a MACO render's transparency map is its alpha)
 
     def validate(self, where: str) -> None:
         for name in ("n_units", "height", "width", "units_per_shard"):
@@ -34,16 +35,19 @@ class RenderGeometry:
                 raise StorageError(f"{where}: {name} must be a positive integer, got {value!r}")
         if self.samples is not None and (not isinstance(self.samples, (int, np.integer)) or self.samples < 1):
             raise StorageError(f"{where}: samples must be a positive integer or None, got {self.samples!r}")
+        if self.channels not in (3, 4):
+            raise StorageError(f"{where}: renders have 3 (RGB) or 4 (RGBA) channels, got {self.channels!r}")
 
     @property
     def unit_shape(self) -> tuple[int, ...]:
-        base = (self.height, self.width, 3)
+        base = (self.height, self.width, self.channels)
         return base if self.samples is None else (self.samples, *base)
 
 
 def images_metadata(geometry: RenderGeometry, attributes: dict) -> bytes:
     g = geometry
-    dims = ["unit", "y", "x", "rgb"] if g.samples is None else ["unit", "sample", "y", "x", "rgb"]
+    colour = "rgb" if g.channels == 3 else "rgba"
+    dims = ["unit", "y", "x", colour] if g.samples is None else ["unit", "sample", "y", "x", colour]
     return arrays.metadata_bytes(
         shape=(g.n_units, *g.unit_shape),
         dtype="uint8",
@@ -73,8 +77,8 @@ def geometry_from_metadata(meta: dict) -> RenderGeometry:
     shape = meta["shape"]
     shard = arrays.outer_chunk_shape(meta)
     if len(shape) == 4:
-        return RenderGeometry(shape[0], shape[1], shape[2], shard[0])
-    return RenderGeometry(shape[0], shape[2], shape[3], shard[0], samples=shape[1])
+        return RenderGeometry(shape[0], shape[1], shape[2], shard[0], channels=shape[3])
+    return RenderGeometry(shape[0], shape[2], shape[3], shard[0], samples=shape[1], channels=shape[4])
 
 
 def check_units(geometry: RenderGeometry, units: np.ndarray, images: np.ndarray, objective: np.ndarray, where: str) -> None:

@@ -133,13 +133,14 @@ class AtlasWriter:
         self._meta_cache[path] = meta
 
     def declare_renders(self, model: str, layer: str, kind: str, *, n_units: int, height: int, width: int,
-                        units_per_shard: int, samples: int | None = None) -> None:
+                        units_per_shard: int, samples: int | None = None, channels: int = 3) -> None:
         """Create (idempotently) the render and objective arrays of one kind for a layer.
 
-        n_units is the layer's channel count: a unit's index is its channel index. Call once,
+        n_units is the layer's (or basis's) unit count: a unit's index is its channel (or latent)
+        index. `channels` 4 stores RGBA (MACO renders: alpha is the transparency map). Call once,
         from the build driver, before any item writes renders of this kind.
         """
-        geometry = renders.RenderGeometry(n_units, height, width, units_per_shard, samples)
+        geometry = renders.RenderGeometry(n_units, height, width, units_per_shard, samples, channels)
         geometry.validate(f"renders of {model}/{layer}/{kind}")
         attrs = {"loupe": {"model": model, "layer": layer, "kind": kind}}
         self._declare(layout.render_array(model, layer, kind), renders.images_metadata(geometry, attrs))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.models.bundled import BUNDLED, BUNDLED_PREFIX
+from loupe.storage.layout import CHANNELS
 
 RENDER_KINDS = ("channel", "neuron", "negative", "diversity")
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
@@ -66,6 +67,9 @@ class RenderKindConfig(_Strict):
     units_per_item: int = Field(default=32, ge=1, le=4096,
                                 description="units rendered together in one work item (one storage shard)")
     images_per_unit: int = Field(default=1, ge=1, le=64, description="images per unit (diversity kind only)")
+    param: Literal["lucid", "maco"] = Field(
+        default="lucid", description="lucid: decorrelated Fourier image; maco: phase only, over the scan dataset's "
+                                     "magnitude spectrum, stored as RGBA (alpha = transparency map)")
 
 
 class RenderConfig(_Strict):
@@ -73,23 +77,76 @@ class RenderConfig(_Strict):
     neuron: RenderKindConfig = RenderKindConfig(enabled=False)
     negative: RenderKindConfig = RenderKindConfig(enabled=False)
     diversity: RenderKindConfig = RenderKindConfig(enabled=False, images_per_unit=4, units_per_item=8)
+    spectrum_images: int = Field(default=256, ge=1, le=1_000_000,
+                                 description="scan images averaged into MACO's magnitude spectrum (param: maco)")
 
     def enabled_kinds(self) -> dict[str, RenderKindConfig]:
         return {kind: getattr(self, kind) for kind in RENDER_KINDS if getattr(self, kind).enabled}
+
+
+def _check_render_overrides(value: dict) -> dict:
+    for kind in value:
+        if kind not in RENDER_KINDS:
+            raise ValueError(f"unknown render kind '{kind}' (expected one of {list(RENDER_KINDS)})")
+    return value
+
+
+class BasisConfig(_Strict):
+    """Units of a layer besides its channels: directions, or a sparse autoencoder's latents, from a file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="the basis's name in the atlas (the layer key is <layer>@<name>)")
+    url: str = Field(description="safetensors, .npz or torch tensors file (any fsspec URL): directions or "
+                                 "W_dec [n, C], optionally W_enc, b_enc, b_dec, threshold")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    activation: Literal["auto", "none", "relu", "topk", "jumprelu"] = Field(
+        default="auto", description="auto: relu for an SAE (jumprelu with a threshold), none for plain directions")
+    k: int | None = Field(default=None, ge=1, description="latents kept per position (topk only)")
+    units: Any = Field(default="all", description="which of the basis's units to build")
+    render: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-kind overrides")
+
+    _known_kinds = field_validator("render")(classmethod(lambda cls, value: _check_render_overrides(value)))
+
+    @field_validator("name")
+    @classmethod
+    def _not_channels(cls, value: str) -> str:
+        if value == CHANNELS:
+            raise ValueError(f"'{CHANNELS}' is the layer's own basis; name a file basis otherwise")
+        return value
+
+    @model_validator(mode="after")
+    def _topk_has_k(self) -> "BasisConfig":
+        if self.activation == "topk" and self.k is None:
+            raise ValueError("activation topk needs k")
+        if self.activation != "topk" and self.k is not None:
+            raise ValueError("k is only for activation topk")
+        return self
 
 
 class LayerConfig(_Strict):
     name: str
     units: Any = Field(default=None, description="default: the model's units")
     render: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-kind overrides")
+    channels: bool = Field(default=True, description="build the layer's channels (its default basis)")
+    bases: list[BasisConfig] = Field(default_factory=list, description="more bases of this layer")
 
-    @field_validator("render")
-    @classmethod
-    def _known_kinds(cls, value: dict) -> dict:
-        for kind in value:
-            if kind not in RENDER_KINDS:
-                raise ValueError(f"unknown render kind '{kind}' (expected one of {list(RENDER_KINDS)})")
-        return value
+    _known_kinds = field_validator("render")(classmethod(lambda cls, value: _check_render_overrides(value)))
+
+    @model_validator(mode="after")
+    def _something_to_build(self) -> "LayerConfig":
+        if not self.channels and not self.bases:
+            raise ValueError("channels: false needs at least one entry in bases")
+        names = [basis.name for basis in self.bases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"basis names must be unique within a layer, got {names}")
+        return self
+
+    def basis(self, name: str) -> BasisConfig:
+        """The basis called `name` (KeyError names the layer's bases)."""
+        for basis in self.bases:
+            if basis.name == name:
+                return basis
+        raise KeyError(f"layer {self.name} has no basis {name!r} (it has {[b.name for b in self.bases]})")
 
 
 class ModelConfig(_Strict):
@@ -277,13 +334,16 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
     ]
     merged: dict[str, tuple[list[str], str]] = {}
     for location, error in errors:
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key (not a Loupe config field)"
         value = error.get("input")
         shown = "" if error["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
         messages, _ = merged.setdefault(location, ([], shown))
         messages.append(message)
+    for messages, _ in merged.values():  # a union's other branch ("should be a valid string") is noise here
+        if len(messages) > 1:
+            messages[:] = [m for m in messages if not m.startswith("Input should be a valid")] or messages
     lines = [f"{origin} has {len(merged)} error(s):"]
     lines += [f"  {location}: {' or '.join(messages)}{shown}" for location, (messages, shown) in merged.items()]
     return "\n".join(lines)
@@ -294,8 +354,8 @@ def _field_path(location: tuple) -> str:
     for part in location:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("str", "LayerConfig", "literal['all']", "list[union[str,LayerConfig]]"):
-            continue
+        elif part in ("str", "LayerConfig", "literal['all']") or "[" in str(part) or str(part).startswith("function-"):
+            continue  # pydantic's names of union branches and validators, not fields
         else:
             path += f".{part}" if path else str(part)
     return path or "(top level)"
@@ -310,8 +370,14 @@ def _resolve_paths(config: BuildConfig, base_dir: Path) -> BuildConfig:
         return str((base_dir / url).resolve())
 
     atlas = config.atlas.model_copy(update={"url": resolve(config.atlas.url)})
+    def with_basis_paths(layer: str | LayerConfig) -> str | LayerConfig:
+        if isinstance(layer, str) or not layer.bases:
+            return layer
+        return layer.model_copy(update={"bases": [b.model_copy(update={"url": resolve(b.url)}) for b in layer.bases]})
+
     models = [
-        m.model_copy(update={"weights": resolve(m.weights)}) if _is_local_weights_path(m.weights) else m
+        m.model_copy(update={"weights": resolve(m.weights) if _is_local_weights_path(m.weights) else m.weights,
+                             "layers": m.layers if m.layers == "all" else [with_basis_paths(l) for l in m.layers]})
         for m in config.models
     ]
     scan = config.scan

@@ -23,6 +23,7 @@ from loupe.jobs.build.plan import ReduceSpec
 from loupe.pipeline.scan.result import LayerResult, ScanResult
 from loupe.storage import StorageError, layout
 from loupe.storage.item_writer import ItemWriter
+from loupe.storage.layout import split_layer_key
 
 #: Needed images decoded and cut per step (bounded memory; each image is read once).
 IMAGES_PER_STEP = 256
@@ -154,12 +155,13 @@ def cut_examples(runner, spec: ReduceSpec, slots: Slots, stage: PictureStage, to
 
     model = runner.model
     fields = receptive_fields(runner)
-    if not fields or spec.layer not in fields:
-        raise StorageError(f"receptive field of layer {spec.layer} was not saved for this build; "
+    layer = split_layer_key(spec.layer)[0]
+    if not fields or layer not in fields:
+        raise StorageError(f"receptive field of layer {layer} was not saved for this build; "
                            "example pictures need it", url=runner.writer.url)
     preprocessing = model.preprocessing
-    cutter = PictureCutter(model, spec.layer, fields[spec.layer],
-                           PictureSettings(spec.example_size, spec.heatmap_size), spec.images_per_batch)
+    cutter = PictureCutter(model, layer, fields[layer], PictureSettings(spec.example_size, spec.heatmap_size),
+                           spec.images_per_batch, basis=runner.basis(spec.layer, spec.basis_digest))
     records = CutRecords.empty(len(slots.unit))
     order = np.argsort(slots.image_index, kind="stable")
     needed = np.unique(slots.image_index)

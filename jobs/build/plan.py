@@ -19,14 +19,15 @@ from loupe.jobs.build.resolve import ResolvedModel
 SCORED_KIND = "channel"
 #: Fresh random transforms drawn to measure a render's fv_robustness.
 SCORE_TRANSFORMS = 8
-CODE_VERSIONS = {"render": "render-3", "scan": "scan-3", "reduce": "reduce-4", "score": "score-1"}
+CODE_VERSIONS = {"render": "render-3", "spectrum": "spectrum-1", "scan": "scan-3", "reduce": "reduce-4",
+                 "score": "score-1"}
 
 
 @dataclass(frozen=True)
 class RenderSpec:
     """Render `units` of one layer and kind; every field changes the pictures, so all are keyed."""
 
-    layer: str
+    layer: str  # the layer key: the model layer, or `layer@basis` (see storage.layout.layer_key)
     kind: str
     units: tuple[int, ...]
     units_per_item: int  # the storage shard size the units were grouped by
@@ -34,8 +35,34 @@ class RenderSpec:
     steps: int
     seed: int
     images_per_unit: int = 1  # > 1 only for the diversity kind
+    basis_digest: str = ""  # sha256 of the basis file; "" for channels
+    param: str = "lucid"  # or "maco": phase-only over the dataset's magnitude spectrum
+    spectrum_item: str = ""  # maco: the spectrum item whose partial holds the magnitude
 
     stage: ClassVar[str] = "render"
+
+    def key_fields(self) -> dict[str, Any]:
+        fields = _without_empty(_without_empty(asdict(self), "basis_digest"), "spectrum_item")
+        if fields["param"] == "lucid":
+            del fields["param"]
+        return fields
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.spectrum_item,) if self.spectrum_item else ()
+
+    def describe(self) -> str:
+        return f"{self.layer}/{self.kind} units {self.units[0]}..{self.units[-1]}"
+
+
+@dataclass(frozen=True)
+class SpectrumSpec:
+    """MACO's magnitude: the mean Fourier magnitude of the listing's first `images` images at `size`."""
+
+    listing: str
+    size: int
+    images: int
+
+    stage: ClassVar[str] = "spectrum"
 
     def key_fields(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,14 +71,14 @@ class RenderSpec:
         return ()
 
     def describe(self) -> str:
-        return f"{self.layer}/{self.kind} units {self.units[0]}..{self.units[-1]}"
+        return f"magnitude spectrum of {self.images} images at {self.size} px"
 
 
 @dataclass(frozen=True)
 class ScanSpec:
     """Scan images [start, stop) of the saved listing through every scanned layer of one model."""
 
-    layers: tuple[str, ...]
+    layers: tuple[str, ...]  # layer keys: a layer's channels and each basis scanned from one forward
     k: int
     listing: str  # the listing's fingerprint
     chunk_images: int
@@ -62,13 +89,14 @@ class ScanSpec:
     stop: int
     images_per_batch: int  # how the work is done, not what it produces: not keyed
     decode_workers: int  # likewise
+    basis_digests: tuple[str, ...] = ()  # per entry of `layers`: its basis file's sha256, "" for channels
 
     stage: ClassVar[str] = "scan"
 
     def key_fields(self) -> dict[str, Any]:
         fields = asdict(self)
         del fields["images_per_batch"], fields["decode_workers"]
-        return fields
+        return _without_empty(fields, "basis_digests")
 
     def inputs(self) -> tuple[str, ...]:
         return ()
@@ -88,7 +116,7 @@ class ReduceSpec:
     and the pictures from one decode of each image the layer needs (not a pass over the dataset).
     """
 
-    layer: str
+    layer: str  # a layer key, as in ScanSpec.layers
     layer_index: int  # position of `layer` in the scan items' layers: names its partial
     scan_items: tuple[str, ...]
     listing: str
@@ -103,13 +131,14 @@ class ReduceSpec:
     units_per_item: int = 64  # units per stored shard of example pictures
     images_per_batch: int = 64  # the scan's: same batch shape, so pictures' activations equal the scan's
     decode_workers: int = 2  # how, not what: neither is keyed (like the scan's)
+    basis_digest: str = ""  # sha256 of the basis file; "" for channels
 
     stage: ClassVar[str] = "reduce"
 
     def key_fields(self) -> dict[str, Any]:
         fields = asdict(self)
         del fields["images_per_batch"], fields["decode_workers"]
-        return fields
+        return _without_empty(fields, "basis_digest")
 
     def inputs(self) -> tuple[str, ...]:
         return self.scan_items
@@ -143,8 +172,15 @@ class ScoreSpec:
         return f"scores of {self.layer}"
 
 
-Spec = RenderSpec | ScanSpec | ReduceSpec | ScoreSpec
-_SPECS: dict[str, type] = {spec.stage: spec for spec in (RenderSpec, ScanSpec, ReduceSpec, ScoreSpec)}
+def _without_empty(fields: dict[str, Any], name: str) -> dict[str, Any]:
+    """Leave a basis field out of the key while it is empty, so channel items keep the keys they had."""
+    if not any(fields[name]) if isinstance(fields[name], tuple) else not fields[name]:
+        del fields[name]
+    return fields
+
+
+Spec = RenderSpec | SpectrumSpec | ScanSpec | ReduceSpec | ScoreSpec
+_SPECS: dict[str, type] = {spec.stage: spec for spec in (RenderSpec, SpectrumSpec, ScanSpec, ReduceSpec, ScoreSpec)}
 
 
 @dataclass(frozen=True)
@@ -199,6 +235,13 @@ def model_identity(model: ResolvedModel) -> dict[str, Any]:
     }
 
 
+def model_record(model: ResolvedModel) -> dict[str, Any]:
+    """What a version records about a model: its identity, weights, and each basis built (by layer key)."""
+    record = {**model_identity(model), "weights": model.config.weights}
+    bases = {layer.key: layer.basis_record() for layer in model.layers if layer.basis is not None}
+    return {**record, "bases": bases} if bases else record
+
+
 def unit_blocks(units: list[int], block_size: int) -> list[list[int]]:
     """Group units by storage shard: block b holds units in [b*size, (b+1)*size)."""
     blocks: dict[int, list[int]] = {}
@@ -207,16 +250,28 @@ def unit_blocks(units: list[int], block_size: int) -> list[list[int]]:
     return [blocks[b] for b in sorted(blocks)]
 
 
-def plan_renders(model: ResolvedModel) -> list[WorkItem]:
+def plan_spectra(model: ResolvedModel, listing_fingerprint: str, listing_size: int, images: int) -> list[WorkItem]:
+    """One spectrum item per render size that a MACO render of the model needs."""
+    sizes = sorted({s.size for layer in model.layers for s in layer.render.values() if s.param == "maco"})
+    count = min(images, listing_size)
+    identity = {"preprocessing": model.model.preprocessing.to_dict()}  # images are decoded as the model's input
+    return [make_item(model.id, identity, SpectrumSpec(listing_fingerprint, size, count), cost=count) for size in sizes]
+
+
+def plan_renders(model: ResolvedModel, spectra: list[WorkItem] = ()) -> list[WorkItem]:
+    """Render items: (layer key, kind, block of units); MACO renders name their spectrum item."""
     identity = model_identity(model)
+    spectrum_of = {item.spec.size: item.key for item in spectra}
     items = []
     for layer in model.layers:
         for kind, settings in layer.render.items():
             for block in unit_blocks(layer.units, settings.units_per_item):
                 spec = RenderSpec(
-                    layer=layer.info.name, kind=kind, units=tuple(block), units_per_item=settings.units_per_item,
+                    layer=layer.key, kind=kind, units=tuple(block), units_per_item=settings.units_per_item,
                     size=settings.size, steps=settings.steps, seed=settings.seed,
                     images_per_unit=settings.images_per_unit if kind == "diversity" else 1,
+                    basis_digest=layer.basis_digest, param=settings.param,
+                    spectrum_item=spectrum_of[settings.size] if settings.param == "maco" else "",
                 )
                 items.append(make_item(model.id, identity, spec, cost=len(block)))
     return items

@@ -22,16 +22,43 @@ from loupe.jobs.build.config import (
 )
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.models import LayerInfo, LoadedModel, Preprocessing, load_model
+from loupe.pipeline.models.basis import Basis, load_basis
 from loupe.pipeline.models.sources import check_weights_kind, parse_source
+from loupe.storage.layout import CHANNELS, layer_key
 
 
 @dataclass
 class ResolvedLayer:
-    """One layer to build: its catalog entry, the units chosen, and its render settings per kind."""
+    """One (layer, basis) to build: the layer's catalog entry, the basis (None: its channels), the
+    units chosen, and the render settings per kind."""
 
     info: LayerInfo
     units: list[int]
     render: dict[str, RenderKindConfig]
+    basis: Basis | None = None
+    basis_name: str = CHANNELS
+
+    @property
+    def key(self) -> str:
+        """The (layer, basis)'s name in the atlas and in work items: `layer`, or `layer@basis`."""
+        return layer_key(self.info.name, self.basis_name)
+
+    @property
+    def width(self) -> int:
+        """How many units the (layer, basis) has: the layer's channels, or the basis's units."""
+        return self.basis.units if self.basis is not None else self.info.channels
+
+    @property
+    def basis_digest(self) -> str:
+        return self.basis.digest if self.basis is not None else ""
+
+    def basis_record(self) -> dict[str, Any]:
+        """What an atlas records about a basis: where it came from, its kind, size and digest."""
+        basis = self.basis
+        assert basis is not None
+        return {"layer": self.info.name, "basis": self.basis_name, "kind": basis.kind, "units": basis.units,
+                "channels": basis.channels, "activation": basis.activation, "k": basis.k, "source": basis.source,
+                "sha256": basis.digest}
 
 
 @dataclass
@@ -95,7 +122,7 @@ def resolve_build(config: BuildConfig, *, with_weights: bool, device: str | None
         seen: set[str] = set()
         for path, layer_config in zip(paths, layer_configs):
             try:
-                entry.layers.append(_resolve_layer(config, model, layer_config, path, seen))
+                entry.layers += _resolve_layer(config, model, layer_config, path, seen)
             except (LoupeError, ConfigError) as exc:
                 problems.append(f"{path}: {exc}" if not str(exc).startswith(path) else str(exc))
         resolved.append(entry)
@@ -104,27 +131,53 @@ def resolve_build(config: BuildConfig, *, with_weights: bool, device: str | None
     return resolved
 
 
-def _resolve_layer(config: BuildConfig, model: LoadedModel, layer: LayerConfig, path: str, seen: set[str]) -> ResolvedLayer:
+def _resolve_layer(config: BuildConfig, model: LoadedModel, layer: LayerConfig, path: str,
+                   seen: set[str]) -> list[ResolvedLayer]:
+    """The layer's channels (unless `channels: false`) and each of its bases, checked against the layer."""
     info = model.layer(layer.name)
     if info.name in seen:
         raise ConfigError(f"{path}: layer '{info.name}' is listed twice")
     seen.add(info.name)
-    units = parse_units(layer.units, info.channels, f"{path}.units")
-    if not units:
-        raise ConfigError(f"{path}.units: no units selected")
-    kinds = {}
-    for kind, base in config.render.enabled_kinds().items():
-        override = layer.render.get(kind, {})
-        kinds[kind] = _merged(base, override, f"{path}.render.{kind}")
-    for kind, override in layer.render.items():
-        if kind not in kinds and override.get("enabled"):
-            kinds[kind] = _merged(getattr(config.render, kind), override, f"{path}.render.{kind}")
+    if layer.bases and "@" in info.name:
+        raise ConfigError(f"{path}: a layer whose name has '@' cannot have bases")
+    kinds = _render_kinds(config, [layer.render], info, path)
+    views = []
+    if layer.channels:
+        units = parse_units(layer.units, info.channels, f"{path}.units")
+        if not units:
+            raise ConfigError(f"{path}.units: no units selected")
+        views.append(ResolvedLayer(info, units, kinds))
+    for index, entry in enumerate(layer.bases):
+        where = f"{path}.bases[{index}]"
+        basis = load_basis(entry.url, info.name, info.channels, activation=None if entry.activation == "auto"
+                           else entry.activation, k=entry.k, storage_options=entry.storage_options)
+        units = parse_units(entry.units, basis.units, f"{where}.units")
+        if not units:
+            raise ConfigError(f"{where}.units: no units selected")
+        views.append(ResolvedLayer(info, units, _render_kinds(config, [layer.render, entry.render], info, where),
+                                   basis, entry.name))
+    return views
+
+
+def _render_kinds(config: BuildConfig, overrides: list[dict[str, dict[str, Any]]], info: LayerInfo,
+                  path: str) -> dict[str, RenderKindConfig]:
+    """The build's render settings per kind with each override applied in turn (layer, then basis)."""
+    kinds = {kind: getattr(config.render, kind) for kind in config.render.enabled_kinds()}
+    for override in overrides:
+        for kind, values in override.items():
+            if kind in kinds or values.get("enabled"):
+                kinds[kind] = _merged(kinds.get(kind, getattr(config.render, kind)), values, f"{path}.render.{kind}")
     kinds = {k: v for k, v in kinds.items() if v.enabled}
+    scanning = config.scan is not None and config.scan.enabled
+    for kind, settings in kinds.items():
+        if settings.param == "maco" and not scanning:
+            raise ConfigError(f"{path}.render.{kind}.param: maco needs a scan dataset (scan.dataset, enabled): "
+                              "its magnitude spectrum is estimated from the dataset's images")
     if "diversity" in kinds and kinds["diversity"].images_per_unit < 2:
         raise ConfigError(f"{path}.render.diversity.images_per_unit: a diversity set needs at least 2 images per unit")
-    if any(k in ("neuron",) for k in kinds) and info.layout not in ("NCHW", "NLC"):
+    if "neuron" in kinds and info.layout not in ("NCHW", "NLC"):
         kinds.pop("neuron")
-    return ResolvedLayer(info, units, kinds)
+    return kinds
 
 
 def _merged(base: RenderKindConfig, override: dict[str, Any], path: str) -> RenderKindConfig:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from loupe.jobs.build import execute, scan_plan, shared_state
 from loupe.jobs.build.config import BuildConfig
-from loupe.jobs.build.plan import CODE_VERSIONS, WorkItem, model_identity, plan_renders, plan_scores
+from loupe.jobs.build.plan import CODE_VERSIONS, WorkItem, model_record, plan_renders, plan_scores, plan_spectra
 from loupe.jobs.build.progress import BuildSummary, Progress
 from loupe.jobs.build.resolve import ResolvedModel, resolve_build
 from loupe.storage import AtlasState, AtlasWriter, PublishConflictError, VersionStatus, check_writable, item_keys, read_state
@@ -68,7 +68,9 @@ def make_plan(config: BuildConfig, *, device: str | None = None) -> BuildPlan:
     listing = scan_plan.list_dataset(config.scan) if config.scan and config.scan.enabled else None
     items: dict[str, list[WorkItem]] = {}
     for index, model in enumerate(models):
-        planned = plan_renders(model)
+        spectra = plan_spectra(model, listing.fingerprint, len(listing), config.render.spectrum_images) \
+            if listing is not None else []
+        planned = spectra + plan_renders(model, spectra)
         if listing is not None:
             planned += scan_plan.plan_scan(model, config.scan, listing, write_images=index == 0)
             planned += plan_scores(model, planned)
@@ -135,7 +137,7 @@ def _build_draft(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summar
         summary.notes.append(str(exc))
 
 
-_STAGE_ORDER = {"scan": 0, "reduce": 1, "render": 2, "score": 3}
+_STAGE_ORDER = {"spectrum": 0, "scan": 1, "reduce": 2, "render": 3, "score": 4}
 
 
 def _run_items(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary: BuildSummary, run: Execution) -> None:
@@ -230,7 +232,7 @@ def _open_writer(plan: BuildPlan, state: AtlasState, fingerprint: dict, wanted: 
             return AtlasWriter.resume(url, info.version, options, take_lease=True, lease_ttl_s=LEASE_TTL_S)
         if info.status is VersionStatus.BUILDING and info.config_sha256 == sha:
             return AtlasWriter.resume(url, info.version, options, take_lease=True, lease_ttl_s=LEASE_TTL_S)
-    models = {m.id: {**model_identity(m), "weights": m.config.weights} for m in plan.models}
+    models = {m.id: model_record(m) for m in plan.models}
     return AtlasWriter.create(url, config=fingerprint, models=models, code_version=CODE_VERSION,
                               storage_options=options, base_version=state.current, lease_ttl_s=LEASE_TTL_S)
 
@@ -246,9 +248,10 @@ def _declare_arrays(writer: AtlasWriter, plan: BuildPlan) -> None:
         for layer in model.layers:
             for kind, settings in layer.render.items():
                 writer.declare_renders(
-                    model.id, layer.info.name, kind, n_units=layer.info.channels, height=settings.size,
+                    model.id, layer.key, kind, n_units=layer.width, height=settings.size,
                     width=settings.size, units_per_shard=settings.units_per_item,
                     samples=settings.images_per_unit if kind == "diversity" else None,
+                    channels=4 if settings.param == "maco" else 3,
                 )
         if plan.listing is not None:
             scan_plan.declare_scan_arrays(writer, model, plan.config.scan, plan.listing)

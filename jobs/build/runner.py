@@ -14,9 +14,12 @@ from loupe.jobs.build.config import ModelConfig
 from loupe.jobs.build.plan import SCORE_TRANSFORMS, SCORED_KIND, RenderSpec, WorkItem, item_meta
 from loupe.jobs.build.resolve import build_model
 from loupe.storage import AtlasWriter
+from loupe.storage.layout import split_layer_key
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from loupe.pipeline.models.basis import Basis
 
 
 class ItemRunner:
@@ -43,6 +46,30 @@ class ItemRunner:
         self.model = build_model(self.config, with_weights=True, device=device)
         self.writer = AtlasWriter.resume(atlas_url, version, storage_options)
         self.scan_context = scan_context or {}
+        self._bases: dict[tuple[str, str], Any] = {}
+
+    def basis(self, layer_key: str, digest: str) -> "Basis | None":
+        """The basis a layer key names (None for channels), loaded once per actor from the config's file
+        and refused if the file no longer has the digest the build planned with."""
+        from loupe.pipeline.models.basis import BasisError, load_basis
+
+        layer, name = split_layer_key(layer_key)
+        if not digest:
+            return None
+        cached = self._bases.get((layer_key, digest))
+        if cached is None:
+            entry = next((c.basis(name) for c in self.config.layer_configs() or []
+                          if self.model.layer(c.name).name == layer and name in {b.name for b in c.bases}), None)
+            if entry is None:
+                raise BasisError(f"model {self.config.id} has no basis {name!r} for layer {layer} in its config")
+            cached = load_basis(entry.url, layer, self.model.catalog[layer].channels,
+                                activation=None if entry.activation == "auto" else entry.activation, k=entry.k,
+                                storage_options=entry.storage_options)
+            if cached.digest != digest:
+                raise BasisError(f"basis file {entry.url} changed during the build (sha256 {cached.digest[:16]}..., "
+                                 f"planned with {digest[:16]}...); rerun the build")
+            self._bases[(layer_key, digest)] = cached
+        return cached
 
     def ping(self) -> dict[str, Any]:
         """Who am I: lets the driver see where actors landed (pid, device)."""
@@ -55,6 +82,10 @@ class ItemRunner:
             return {"key": item.key, "status": "already-done", "cost": item.cost, "seconds": 0.0}
         if item.stage == "render":
             extra = self._render(item)
+        elif item.stage == "spectrum":
+            from loupe.jobs.build.spectrum_stage import run_spectrum
+
+            extra = run_spectrum(self, item)
         elif item.stage == "score":
             from loupe.jobs.build.score_stage import run_score
 
@@ -73,28 +104,36 @@ class ItemRunner:
 
         spec: RenderSpec = item.spec
         per_unit = spec.images_per_unit
-        settings = RenderSettings(size=spec.size, steps=spec.steps, images_per_unit=per_unit)
-        renders = render_units(self.model, spec.layer, spec.units, spec.kind, settings,
-                               seed=spec.seed, images_per_step=len(spec.units) * per_unit)
-        images, objective = renders.images, renders.activations
+        settings = RenderSettings(size=spec.size, steps=spec.steps, images_per_unit=per_unit, param=spec.param)
+        basis = self.basis(spec.layer, spec.basis_digest)
+        magnitude = None
+        if spec.param == "maco":
+            from loupe.jobs.build.spectrum_stage import load_magnitude
+
+            magnitude = load_magnitude(self.writer, spec.spectrum_item)
+        renders = render_units(self.model, split_layer_key(spec.layer)[0], spec.units, spec.kind, settings,
+                               seed=spec.seed, images_per_step=len(spec.units) * per_unit, basis=basis,
+                               magnitude=magnitude)
+        images, objective = renders.pictures(), renders.activations  # MACO: RGBA, alpha = transparency map
         if spec.kind == "diversity":
             images = images.reshape(len(spec.units), per_unit, *images.shape[1:])
             objective = objective.reshape(len(spec.units), per_unit)
         with self.writer.item(item.key, item_meta(item)) as out:
             out.write_renders(self.config.id, spec.layer, spec.kind, list(spec.units), images, objective)
             if spec.kind == SCORED_KIND:
-                out.write_units(self.config.id, spec.layer, self._scores(spec, images))
+                out.write_units(self.config.id, spec.layer, self._scores(spec, images[..., :3], basis))
         return {}
 
-    def _scores(self, spec: RenderSpec, images) -> "pa.Table":
+    def _scores(self, spec: RenderSpec, images, basis: "Basis | None") -> "pa.Table":
         """fv_activation and fv_robustness of each unit's render (see pipeline/featurevis/scores.py)."""
         import numpy as np
         import pyarrow as pa
 
         from loupe.pipeline.featurevis import score_renders
 
-        scores = score_renders(self.model, spec.layer, list(spec.units), images, transforms=SCORE_TRANSFORMS,
-                               seed=spec.seed, images_per_step=len(spec.units))
+        scores = score_renders(self.model, split_layer_key(spec.layer)[0], list(spec.units), images,
+                               transforms=SCORE_TRANSFORMS, seed=spec.seed, images_per_step=len(spec.units),
+                               basis=basis)
         return pa.table({"unit": pa.array(np.asarray(spec.units, dtype=np.int32)),
                          "fv_activation": pa.array(scores.activation.astype(np.float64)),
                          "fv_robustness": pa.array(scores.robustness.astype(np.float64))})

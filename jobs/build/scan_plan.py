@@ -28,7 +28,8 @@ def scan_context(scan: ScanConfig | None, listing: Listing | None) -> dict[str, 
 
 
 def scanned_layers(model: ResolvedModel) -> list[str]:
-    return [layer.info.name for layer in model.layers]
+    """Layer keys scanned: each layer's channels and bases, all from one forward per batch."""
+    return [layer.key for layer in model.layers]
 
 
 def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write_images: bool) -> list[WorkItem]:
@@ -40,11 +41,13 @@ def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write
     per_chunk, ranges = plan_image_chunks(len(listing), min(scan.shards, len(listing)))
     identity = model_identity(model)
     layers = tuple(scanned_layers(model))
+    digests = tuple(layer.basis_digest for layer in model.layers)
     items = [
         make_item(model.id, identity, ScanSpec(
             layers=layers, k=scan.k, listing=listing.fingerprint, chunk_images=per_chunk,
             pooled=scan.pooled_activations, shard_index=index, shard_count=len(ranges), start=start, stop=stop,
             images_per_batch=scan.images_per_batch, decode_workers=scan.decode_workers,
+            basis_digests=digests if any(digests) else (),
         ), cost=stop - start)
         for index, (start, stop) in enumerate(ranges)
     ]
@@ -58,6 +61,7 @@ def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write
             quantiles=tuple(examples.quantiles), samples_per_band=examples.samples_per_band,
             histogram_bins=examples.histogram_bins, seed=examples.seed, units_per_item=examples.units_per_item,
             images_per_batch=scan.images_per_batch, decode_workers=scan.decode_workers,
+            basis_digest=digests[index],
         ), cost=0)
         for index, layer in enumerate(layers)
     ]
@@ -72,13 +76,13 @@ def declare_scan_arrays(writer: AtlasWriter, model: ResolvedModel, scan: ScanCon
         return
     per_chunk, _ = plan_image_chunks(len(listing), min(scan.shards, len(listing)))
     for layer in model.layers:
-        writer.declare_activations(model.id, layer.info.name, n_images=len(listing),
-                                   n_channels=layer.info.channels, images_per_chunk=per_chunk)
+        writer.declare_activations(model.id, layer.key, n_images=len(listing),
+                                   n_channels=layer.width, images_per_chunk=per_chunk)
         if not scan.examples.enabled:
             continue
         examples = scan.examples
         for kind, slots in slot_counts(scan.k, len(examples.quantiles) - 1, examples.samples_per_band).items():
-            writer.declare_examples(model.id, layer.info.name, kind, n_units=layer.info.channels, slots=slots,
+            writer.declare_examples(model.id, layer.key, kind, n_units=layer.width, slots=slots,
                                     example_size=scan.examples.example_size,
                                     heatmap_size=scan.examples.heatmap_size,
                                     units_per_shard=scan.examples.units_per_item)

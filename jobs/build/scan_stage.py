@@ -87,9 +87,11 @@ def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
     spec: ScanSpec = item.spec
     shard = listing_rows(runner, spec.listing, spec.start, spec.stop)
     options = ScanOptions(k=spec.k, pooled=spec.pooled, chunk_images=spec.chunk_images)
-    key = (spec.layers, options)
+    key = (spec.layers, spec.basis_digests, options)
     if getattr(runner, "_scanner_key", None) != key:
-        runner._scanner = Scanner(runner.model, list(spec.layers), options, receptive_fields=receptive_fields(runner))
+        bases = {layer: runner.basis(layer, digest) for layer, digest in zip(spec.layers, spec.basis_digests) if digest}
+        runner._scanner = Scanner(runner.model, list(spec.layers), options, receptive_fields=receptive_fields(runner),
+                                  bases=bases)
         runner._scanner_key = key
     context = runner.scan_context or {}
     model_id = runner.config.id

@@ -51,7 +51,7 @@ def save_receptive_fields(writer: AtlasWriter, model: ResolvedModel) -> str:
     """
     from loupe.pipeline.scan import fields_state, probe_receptive_fields
 
-    layers = [layer.info.name for layer in model.layers]
+    layers = list(dict.fromkeys(layer.info.name for layer in model.layers))  # a layer with bases appears once
     identity = json.dumps({"source": model.config.source, "kwargs": model.config.model_kwargs,
                            "input_size": model.model.preprocessing.input_size, "layers": layers}, sort_keys=True)
     key = hashlib.sha256(identity.encode()).hexdigest()[:32]

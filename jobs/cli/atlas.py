@@ -64,7 +64,7 @@ def run_show(args: argparse.Namespace) -> int:
     for model in atlas.models():
         digest = (manifest["models"].get(model) or {}).get("weights_digest", "-")
         print(f"  model {model} (weights {str(digest)[:16]})")
-        for layer in atlas.layers(model):
+        for layer in atlas.layer_keys(model):  # a layer's channels, and `layer@basis` for each file basis
             entry = manifest["layers"][model][layer]
             kinds = ", ".join(f"{k} {sum(b - a for a, b in r['units'])}" for k, r in sorted(entry["renders"].items()))
             scan = ", ".join(f"{p} {r['shape'][0]}x{r['shape'][1]}" for p, r in sorted(entry["activations"].items()) if r.get("shape"))

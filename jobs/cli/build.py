@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 def describe_work(config: BuildConfig, models: list[ResolvedModel]) -> str:
     """What a build renders and what it scans, counted separately: `units:` limits renders only,
     while a scan measures every channel of each layer."""
-    layers = sum(len(m.layers) for m in models)
+    layers = len({(m.id, layer.info.name) for m in models for layer in m.layers})
+    bases = sum(layer.basis is not None for m in models for layer in m.layers)
     per_kind: dict[str, int] = {}
     images = 0
     for model in models:
@@ -65,13 +66,14 @@ def describe_work(config: BuildConfig, models: list[ResolvedModel]) -> str:
     renders = (f"renders {rendered} unit(s) in {len(per_kind)} kind(s) ({kinds}; {images} images)"
                if per_kind else "renders nothing")
     if config.scan is not None and config.scan.enabled:
-        scanned = sum(layer.info.channels for m in models for layer in m.layers)
-        scan = f"scans all {scanned} channel(s) of those layers over {config.scan.dataset.url}"
+        scanned = sum(layer.width for m in models for layer in m.layers)
+        scan = f"scans all {scanned} unit(s) of those layers and bases over {config.scan.dataset.url}"
         examples = config.scan.examples
         if examples.enabled:
             bands = len(examples.quantiles) - 1
             scan += (f", storing {config.scan.k} top and {config.scan.k} bottom example pictures and "
-                     f"{bands} x {examples.samples_per_band} band samples per channel ({examples.example_size} px)")
+                     f"{bands} x {examples.samples_per_band} band samples per unit ({examples.example_size} px)")
     else:
         scan = "scans nothing"
-    return f"{len(models)} model(s), {layers} layer(s); {renders}; {scan}"
+    with_bases = f" ({bases} file basis/bases besides channels)" if bases else ""
+    return f"{len(models)} model(s), {layers} layer(s){with_bases}; {renders}; {scan}"

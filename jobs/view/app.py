@@ -32,8 +32,9 @@ from starlette.templating import Jinja2Templates
 from loupe.jobs.view import images
 from loupe.jobs.view.columns import MEANINGS
 from loupe.jobs.view.source import AtlasSource
-from loupe.jobs.view.unit_data import clean, layer_grid, unit_page, units_rows
+from loupe.jobs.view.unit_data import basis_links, clean, describe_basis, layer_grid, unit_page, units_rows
 from loupe.storage import Atlas, ChecksumError, MissingObjectError, RangeReadError, StorageError
+from loupe.storage.layout import split_layer_key
 
 HERE = Path(__file__).parent
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -61,15 +62,16 @@ def create_app(url: str, *, version: str | None = None, storage_options: Mapping
     async def home(request: Request) -> HTMLResponse:
         atlas = atlas_for(request)
         versions = source.versions()
-        models = {m: [(layer, len(atlas.units(m, layer)), atlas.kinds(m, layer))
-                      for layer in sorted(atlas.layers(m), key=_natural)] for m in atlas.models()}
+        models = {m: [(key, describe_basis(atlas.basis(m, *split_layer_key(key))), len(atlas.units(m, key)),
+                       atlas.kinds(m, key)) for key in sorted(atlas.layer_keys(m), key=_natural)]
+                  for m in atlas.models()}
         return page(request, "home.html", {"atlas": atlas, "versions": versions, "models": models,
                                            "info": atlas.manifest})
 
     async def model_page(request: Request) -> Response:
         atlas = atlas_for(request)
         model = request.path_params["model"]
-        layers = atlas.layers(model)  # names the model when unknown
+        layers = sorted(atlas.layer_keys(model), key=_natural)  # names the model when unknown
         return RedirectResponse(f"/m/{model}/{layers[0]}{_query(request)}" if layers else "/", status_code=302)
 
     async def layer_page(request: Request) -> HTMLResponse:
@@ -78,14 +80,16 @@ def create_app(url: str, *, version: str | None = None, storage_options: Mapping
         grid = layer_grid(atlas, request.path_params["model"], request.path_params["layer"],
                           kind=params.get("kind"), sort=params.get("sort", "unit"),
                           descending=params.get("desc") == "1", page=_int(params.get("page", "1"), "page"))
-        return page(request, "layer.html", {"atlas": atlas, "grid": grid})
+        return page(request, "layer.html", {"atlas": atlas, "grid": grid,
+                                             "bases": basis_links(atlas, grid.model, grid.layer)})
 
     async def unit_view(request: Request) -> HTMLResponse:
         atlas = atlas_for(request)
         model, layer = request.path_params["model"], request.path_params["layer"]
         data = unit_page(atlas, model, layer, _int(request.path_params["unit"], "unit"))
         others = [v.version for v in source.versions().complete if v.version != atlas.version]
-        return page(request, "unit.html", {"atlas": atlas, "u": data, "meanings": MEANINGS, "others": others})
+        return page(request, "unit.html", {"atlas": atlas, "u": data, "meanings": MEANINGS, "others": others,
+                                           "bases": basis_links(atlas, model, layer)})
 
     # ---- JSON API -------------------------------------------------------------------------
     async def api_atlas(request: Request) -> Response:
@@ -95,8 +99,9 @@ def create_app(url: str, *, version: str | None = None, storage_options: Mapping
             "url": url, "version": atlas.version, "current": versions.current,
             "versions": [{"version": v.version, "status": str(v.status), "created_at": v.created_at,
                           "config_sha256": v.config_sha256} for v in versions.complete],
-            "models": {m: {layer: {"units": len(atlas.units(m, layer)), "kinds": atlas.kinds(m, layer)}
-                           for layer in atlas.layers(m)} for m in atlas.models()},
+            "models": {m: {key: {"layer": split_layer_key(key)[0], "basis": split_layer_key(key)[1],
+                                 "units": len(atlas.units(m, key)), "kinds": atlas.kinds(m, key)}
+                           for key in atlas.layer_keys(m)} for m in atlas.models()},
         }
         return _json(request, body, immutable=False)
 

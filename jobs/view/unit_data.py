@@ -15,7 +15,9 @@ import pyarrow as pa
 
 from loupe.jobs.view.columns import SORTABLE
 from loupe.storage import Atlas, StorageError
+from loupe.storage.layout import CHANNELS, layer_key, split_layer_key
 from loupe.storage.manifest import to_ranges
+from loupe.storage.reader import BasisInfo
 
 #: Units shown per page of a layer grid.
 PAGE_UNITS = 96
@@ -42,6 +44,33 @@ def units_rows(atlas: Atlas, model: str, layer: str) -> list[dict]:
         if not atlas.kinds(model, layer):
             raise
         return []
+
+
+@dataclass(frozen=True)
+class BasisLink:
+    """One basis of a layer, for the switcher on layer and unit pages."""
+
+    name: str
+    key: str  # the layer key in URLs: `layer` or `layer@basis`
+    label: str
+    current: bool
+
+
+def describe_basis(info: BasisInfo) -> str:
+    """`channels`, or e.g. `sae: 64 SAE latents (topk, k=8)` / `pca: 10 directions`."""
+    if info.kind == CHANNELS:
+        return CHANNELS
+    if info.kind == "sae":
+        how = f"{info.activation}, k={info.k}" if info.k else (info.activation or "")
+        return f"{info.name}: {info.units} SAE latents ({how})"
+    return f"{info.name}: {info.units} directions"
+
+
+def basis_links(atlas: Atlas, model: str, key: str) -> list[BasisLink]:
+    """Every basis the layer of `key` was built in, the one `key` names marked current."""
+    layer, current = split_layer_key(key)
+    return [BasisLink(name, layer_key(layer, name), describe_basis(atlas.basis(model, layer, name)), name == current)
+            for name in atlas.bases(model, layer)]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ One place owns everything that must be undone when a render ends, even on error:
 activation-capture hooks (loupe.pipeline.models.capture, which also stops each forward right after the
 deepest layer an objective reads), the channels_last conversion of the model's weights, and the
 torch-function modes active only inside each forward: eval batch norm as a multiply-add, and the
-redirected ReLU of the first steps.
+redirected ReLU of the first steps. Models that accept a single input size (vision transformers with
+learned position embeddings) get every input resized to it, so renders of any size and the
+size-changing standard transforms work on them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.featurevis.eval_batchnorm import AffineBatchNormMode
@@ -51,6 +54,32 @@ def check_thresholds(thresholds: Iterable[int]) -> list[int]:
     return values
 
 
+def fixed_input_size(module: torch.nn.Module) -> tuple[int, int] | None:
+    """The only (height, width) the model accepts, or None when any size works.
+
+    Vision transformers with learned position embeddings refuse other sizes: torchvision's
+    `VisionTransformer` (`image_size`) and timm's `PatchEmbed` with `strict_img_size`. Renders
+    change the size (the standard transforms pad and crop), so their inputs are resized to this.
+    """
+    from torchvision.models import VisionTransformer
+
+    for sub in module.modules():
+        if isinstance(sub, VisionTransformer):
+            return int(sub.image_size), int(sub.image_size)
+        size = getattr(sub, "img_size", None)
+        if size is not None and getattr(sub, "strict_img_size", False) and not getattr(sub, "dynamic_img_size", False):
+            height, width = (size, size) if isinstance(size, int) else size
+            return int(height), int(width)
+    return None
+
+
+def fit_input(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """`x` resized (bilinear, antialiased, differentiable) to a fixed model input size; as is otherwise."""
+    if size is None or tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
 class ForwardSession:
     """Runs the model on transformed images and hands objectives an `Activations` view; undoes everything on exit."""
 
@@ -59,6 +88,7 @@ class ForwardSession:
         self.layers = sorted(set(layers) - {INPUT}, key=lambda name: model.catalog[name].order)
         self.acceleration = acceleration
         self.layouts = {name: model.catalog[name].layout for name in self.layers}
+        self.input_size = fixed_input_size(model.module)
         self._stack = contextlib.ExitStack()
         self._capture = None
 
@@ -81,6 +111,7 @@ class ForwardSession:
         """Activations of `x` (transformed image, RGB in [0, 1]) plus `image` itself as the "input" pseudo-layer."""
         values: dict[str, torch.Tensor] = {INPUT: image}
         if self._capture is not None:
+            x = fit_input(x, self.input_size)
             if self.acceleration.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with contextlib.ExitStack() as stack:
@@ -115,19 +146,26 @@ def optimize(
     thresholds: Sequence[int],
     redirect_steps: int = 16,
     progress: ProgressFn | None = None,
+    saliency: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Maximize `objective` for max(thresholds) steps; return the image batch after each threshold.
 
     `uniforms[step]` is the `[B, transform.n_random]` block of random numbers for that step's transforms.
+    `saliency` (`[B, H, W]`, on the image's device), if given, accumulates |d objective / d image|
+    summed over colour channels at every step (MACO's transparency), on the device: no host sync.
     """
     wanted = set(thresholds)
     images: list[torch.Tensor] = []
     for step in range(max(thresholds)):
         optimizer.zero_grad(set_to_none=True)
         image = image_param()
+        if saliency is not None:
+            image.retain_grad()
         x = transform(image, uniforms[step] if transform.n_random else None)
         value = objective(session(x, image, redirect=step < redirect_steps))
         (-value.sum()).backward()
+        if saliency is not None:
+            saliency.add_(image.grad.abs().sum(dim=1))
         optimizer.step()
         if progress is not None:
             progress(step, value)
@@ -146,4 +184,5 @@ def step_uniforms(
     return torch.stack(per_element, dim=1).to(device)
 
 
-__all__ = ["Acceleration", "ForwardSession", "check_thresholds", "optimize", "step_uniforms"]
+__all__ = ["Acceleration", "ForwardSession", "check_thresholds", "fit_input", "fixed_input_size", "optimize",
+           "step_uniforms"]

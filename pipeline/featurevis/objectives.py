@@ -13,12 +13,14 @@ follow Lucid: `channel`, `direction`, `deepdream` average over the batch and pos
 `class_logit`, `L1`, `total_variation` sum over the batch (as Lucid's optimizer sums a vector loss).
 
 Activations arrive as the model produced them (channels in dim 1 for conv layers, last for
-token layers: the catalog's layout). The pseudo-layer `"input"` is the parameterized image
+token layers: the catalog's layout). On token layers a neuron is one token; by default the
+centre patch of a vision transformer's grid, not its class token (`centre_token`). The pseudo-layer `"input"` is the parameterized image
 (RGB in [0, 1], before transforms), used by the L1/L2/TV/blur regularizers.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
@@ -221,13 +223,28 @@ def _position(T: Activations, layer: str, x: int | None, y: int | None) -> tuple
         if y is not None:
             raise LoupeError(f"layer {layer} is a sequence: give the token index as x, not y")
         (length,) = spatial
-        token = length // 2 if x is None else x
+        token = centre_token(length) if x is None else x
         if not 0 <= token < length:
             raise LoupeError(f"neuron position x={token} is outside layer {layer}'s {length} tokens")
         return (token,)
     if x is not None or y is not None:
         raise LoupeError(f"layer {layer} has no spatial positions; drop x and y")
     return ()
+
+
+def centre_token(length: int) -> int:
+    """The token a neuron objective reads by default in a sequence of `length` tokens.
+
+    Vision transformers lay a g x g patch grid out row by row, after one class token (torchvision's
+    and timm's ViT: length = 1 + g*g) or without one (length = g*g): the default is the patch at
+    the grid's centre (row g // 2, column g // 2), never the class token, like a conv layer's centre
+    neuron. Any other length (register tokens, text) falls back to the middle token, length // 2.
+    """
+    for lead in (1, 0):
+        side = math.isqrt(max(length - lead, 0))
+        if side >= 2 and side * side == length - lead:
+            return lead + (side // 2) * side + side // 2
+    return length // 2
 
 
 def _as_vector(vec: torch.Tensor | Sequence[float]) -> torch.Tensor:
@@ -399,6 +416,22 @@ def each_direction_neuron(layer: str, directions, x: int | None = None, y: int |
                      f"each_direction_neuron({layer})", [layer], [_directions_check(layer, vecs)])
 
 
+def each_distance(targets: torch.Tensor, layer: str = INPUT) -> Objective:
+    """Element i's mean squared difference from its own target `targets[i]` (the same shape as one
+    element of `layer`, by default the image), summed over the batch: subtract `w * each_distance(starts)`
+    to keep every image near its start picture (feature accentuation), each on its own."""
+    targets = torch.as_tensor(targets, dtype=torch.float32)
+
+    def inner(T: Activations) -> torch.Tensor:
+        t = T(layer)
+        if tuple(t.shape) != tuple(targets.shape):
+            raise LoupeError(f"each_distance: targets of shape {list(targets.shape)} do not match {layer} "
+                             f"of shape {list(t.shape)}")
+        return ((t - targets.to(t.device, t.dtype)) ** 2).flatten(1).mean(1).sum()
+
+    return Objective(inner, f"each_distance({layer})", [layer])
+
+
 def deepdream(layer: str, batch: int | None = None) -> Objective:
     """Mean squared activation of a whole layer (DeepDream)."""
     return Objective(lambda T: (_select(T(layer), batch) ** 2).mean(), f"deepdream({layer})", [layer])
@@ -546,6 +579,7 @@ __all__ = [
     "as_objective",
     "blur",
     "blur_input_each_step",
+    "centre_token",
     "channel",
     "channel_interpolate",
     "channel_values",
@@ -558,6 +592,7 @@ __all__ = [
     "direction_neuron_values",
     "direction_values",
     "each_direction",
+    "each_distance",
     "each_direction_neuron",
     "each_neuron",
     "neuron",

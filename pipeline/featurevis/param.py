@@ -8,7 +8,9 @@ whose parameters are the only tensors render_vis optimizes.
 
 Random initial values come from one `torch.Generator` per batch element when `seeds` is given, so
 an element's starting point does not depend on its batch mates (what batched unit rendering needs);
-otherwise they come from torch's global generator (seeded by render_vis's `seed=`).
+otherwise they come from torch's global generator (seeded by render_vis's `seed=`). `match_image`
+replaces the random start by a given picture (feature accentuation): Lucid's FFT and pixel images
+invert exactly; MACO takes the picture's phase.
 """
 
 from __future__ import annotations
@@ -96,6 +98,35 @@ class _ConstrainUnitRange(torch.autograd.Function):
         return grad * (inside | inward).to(grad.dtype)
 
 
+def correlate_color(rgb: torch.Tensor) -> torch.Tensor:
+    """Inverse of `linear_decorrelate_color`: decorrelated colour coordinates of RGB values `[B, 3, ...]`."""
+    matrix = torch.linalg.inv((COLOR_CORRELATION_SVD_SQRT / MAX_NORM_SVD_SQRT).double()).to(rgb.device, rgb.dtype)
+    return torch.einsum("ij,bj...->bi...", matrix, rgb)
+
+
+#: How far from 0 and 1 a target pixel is pulled before inverting the sigmoid (logit(0) is -inf);
+#: below half a uint8 step, so a matched uint8 image quantizes back to itself.
+UNIT_MARGIN = 1e-3
+
+
+def logit(rgb: torch.Tensor) -> torch.Tensor:
+    """The sigmoid's inverse, finite on [0, 1] (values are kept UNIT_MARGIN away from the ends)."""
+    p = rgb.clamp(UNIT_MARGIN, 1 - UNIT_MARGIN)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def from_valid_rgb(rgb: torch.Tensor, decorrelate: bool = False, sigmoid: bool = True) -> torch.Tensor:
+    """The unconstrained values that `to_valid_rgb` maps to `rgb` (`[B, 3, H, W]` in [0, 1]): starting
+    an optimization from a given picture (feature accentuation) inverts the parameterization."""
+    if sigmoid:
+        t = logit(rgb)
+    elif decorrelate:
+        t = rgb - torch.tensor(COLOR_MEAN, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
+    else:
+        t = rgb
+    return correlate_color(t) if decorrelate else t
+
+
 def to_valid_rgb(t: torch.Tensor, decorrelate: bool = False, sigmoid: bool = True) -> torch.Tensor:
     """Turn an unconstrained `[B, 3, H, W]` tensor into RGB in [0, 1], as Lucid's `to_valid_rgb`."""
     if decorrelate:
@@ -129,6 +160,22 @@ class Parameterization(nn.Module):
         with torch.no_grad():
             return self().detach().clamp(0, 1)
 
+    def device_of(self) -> torch.device:
+        """Where the parameters live (CPU for a parameterization without any)."""
+        return next(self.parameters(), torch.empty(0)).device
+
+    def match_image(self, rgb: torch.Tensor) -> None:
+        """Set the parameters so that `forward()` shows `rgb` (`[B, 3, H, W]` in [0, 1]): an optimization
+        that starts from a picture instead of noise (feature accentuation)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot start from a given image")
+
+
+def _check_target(p: Parameterization, rgb: torch.Tensor) -> None:
+    expected = (p.batch, 3, p.height, p.width)
+    if tuple(rgb.shape) != expected:
+        raise ValueError(f"a start image for this parameterization must have shape {list(expected)}, "
+                         f"got {list(rgb.shape)}")
+
 
 class _ColourParameterization(Parameterization):
     """A parameterization of unconstrained colour values turned into RGB by `to_valid_rgb`."""
@@ -139,6 +186,11 @@ class _ColourParameterization(Parameterization):
 
     def _rgb(self, t: torch.Tensor) -> torch.Tensor:
         return to_valid_rgb(t, decorrelate=self.decorrelate, sigmoid=self.sigmoid)
+
+    def _unrgb(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Checked `[B, 3, H, W]` target in [0, 1] -> the unconstrained values `_rgb` maps onto it."""
+        _check_target(self, rgb)
+        return from_valid_rgb(rgb.to(self.device_of(), torch.float32), self.decorrelate, self.sigmoid)
 
 
 class FFTImage(_ColourParameterization):
@@ -167,6 +219,12 @@ class FFTImage(_ColourParameterization):
         spectrum = torch.view_as_complex(self.spectrum) * self.spectrum_scale
         return self._rgb(torch.fft.irfft2(spectrum, s=(self.height, self.width)) / 4.0)
 
+    def match_image(self, rgb: torch.Tensor) -> None:
+        """Invert forward(): the spectrum of 4 * the unconstrained image, divided by the frequency scale."""
+        spectrum = torch.fft.rfft2(4.0 * self._unrgb(rgb)) / self.spectrum_scale
+        with torch.no_grad():
+            self.spectrum.copy_(torch.view_as_real(spectrum))
+
 
 class PixelImage(_ColourParameterization):
     """One free parameter per pixel and colour channel (Lucid's pixel_image)."""
@@ -185,6 +243,10 @@ class PixelImage(_ColourParameterization):
 
     def forward(self) -> torch.Tensor:
         return self._rgb(self.pixels)
+
+    def match_image(self, rgb: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.pixels.copy_(self._unrgb(rgb))
 
 
 class LowresImage(_ColourParameterization):
@@ -273,9 +335,14 @@ class CPPNImage(Parameterization):
 
 class MacoImage(Parameterization):
     """MACO (Fel et al., 2023): only the Fourier phase is optimized; the magnitude stays fixed at a
-    natural spectrum (e.g. `spectrum.MagnitudeSpectrum` of the scan dataset), so the image keeps
-    natural-image statistics however hard the objective pushes. The spatial image is standardized
-    per colour channel, then mapped into [0, 1] by a sigmoid (`values_range` spread).
+    natural spectrum (`spectrum.MagnitudeSpectrum` of the scan dataset), so the image keeps
+    natural-image statistics however hard the objective pushes.
+
+    As in the paper, the spectrum lives in Lucid's decorrelated colour space: each of its three
+    channels has its own phase, the image is standardized (over all channels, so their balance
+    stays the dataset's), mapped to RGB by Lucid's colour matrix, then into [0, 1] by a sigmoid
+    (`values_range` spread). Independent phases per RGB channel would give uncorrelated colour
+    noise instead of natural colours.
     """
 
     def __init__(self, size: Size, magnitude: torch.Tensor, batch: int = 1, values_range: float = 2.0,
@@ -295,15 +362,24 @@ class MacoImage(Parameterization):
         self.phase = nn.Parameter(phase)
 
     def spatial(self) -> torch.Tensor:
-        """The image before standardization: irfft2 of magnitude * exp(i * phase)."""
+        """The decorrelated-colour image before standardization: irfft2 of magnitude * exp(i * phase)."""
         spectrum = torch.polar(self.magnitude.expand_as(self.phase), self.phase)
         return torch.fft.irfft2(spectrum, s=(self.height, self.width), norm="ortho")
 
     def forward(self) -> torch.Tensor:
         x = self.spatial()
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        std = x.std(dim=(2, 3), keepdim=True).clamp_min(1e-8)
-        return torch.sigmoid((x - mean) / std * self.values_range)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8)
+        return torch.sigmoid(linear_decorrelate_color((x - mean) / std) * self.values_range)
+
+    def match_image(self, rgb: torch.Tensor) -> None:
+        """Take the picture's Fourier phase (in decorrelated colour). Only the phase: the magnitude stays
+        the natural one and MACO's standardization fixes mean and contrast, so the start shows the
+        picture's layout and edges (Oppenheim & Lim: the phase carries them), not its exact pixels."""
+        _check_target(self, rgb)
+        decorrelated = correlate_color(rgb.to(self.phase.device, torch.float32))
+        with torch.no_grad():
+            self.phase.copy_(torch.angle(torch.fft.rfft2(decorrelated, norm="ortho")))
 
 
 def maco(size: Size, magnitude: torch.Tensor, batch: int = 1, values_range: float = 2.0,
@@ -377,7 +453,9 @@ __all__ = [
     "MacoImage",
     "Parameterization",
     "PixelImage",
+    "correlate_color",
     "cppn",
+    "from_valid_rgb",
     "image",
     "linear_decorrelate_color",
     "lowres",

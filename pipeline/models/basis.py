@@ -16,6 +16,7 @@ name the file, the key and the expected shape.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -26,6 +27,8 @@ import torch
 from loupe.pipeline.errors import LoupeError
 
 ACTIVATIONS = ("none", "relu", "topk", "jumprelu")
+#: Latent values encoded at once (float32): 64M values = 256 MB, whatever the SAE's width.
+CHUNK_VALUES = 1 << 26
 
 
 class BasisError(LoupeError):
@@ -45,6 +48,7 @@ class Basis:
     k: int | None = None  # topk
     threshold: torch.Tensor | None = None  # [n], jumprelu
     source: str = "<memory>"
+    digest: str = ""  # sha256 of the file it was loaded from: builds key their items by it
 
     def __post_init__(self) -> None:
         where = f"basis {self.source} for layer {self.layer}"
@@ -70,11 +74,86 @@ class Basis:
     def channels(self) -> int:
         return int(self.directions.shape[1])
 
+    @property
+    def kind(self) -> str:
+        """"sae" when units are an encoder's latents, "directions" when they are plain projections."""
+        return "sae" if self.encoder is not None else "directions"
+
     def check_layer(self, channels: int) -> None:
         """Refuse a basis made for a layer of another width (before any compute)."""
         if self.channels != channels:
             raise BasisError(f"basis {self.source} has {self.channels} channels per direction but layer "
                              f"{self.layer} has {channels} channels")
+
+    def units_per_chunk(self, rows: int) -> int:
+        """How many units to encode at a time for `rows` activation vectors, so one chunk of latent
+        values stays near CHUNK_VALUES floats however wide the SAE (16k latents x 784 positions x
+        64 images would be 3 GB at once)."""
+        return max(1, min(self.units, CHUNK_VALUES // max(rows, 1)))
+
+    def _pre(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Pre-activations of units [start, stop) for activations `x` [..., C] (float32)."""
+        weight = (self.encoder if self.encoder is not None else self.directions)[start:stop].to(x.device)
+        pre = x @ weight.T
+        if self.encoder_bias is not None:
+            pre = pre + self.encoder_bias[start:stop].to(x.device)
+        return pre
+
+    def _centred(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return x - self.decoder_bias.to(x.device) if self.decoder_bias is not None else x
+
+    def topk_cutoffs(self, x: torch.Tensor) -> torch.Tensor:
+        """topk: for each vector [...], a value between its k-th and (k+1)-th largest pre-activations
+        (found chunk by chunk over the units), so "among the k largest" is `pre > cutoff` even when
+        a chunk's arithmetic differs from the whole encoding's in the last bits."""
+        x = self._centred(x)
+        assert self.k is not None
+        keep = min(self.k + 1, self.units)
+        best: torch.Tensor | None = None
+        step = self.units_per_chunk(x[..., 0].numel())
+        for start in range(0, self.units, step):
+            pre = self._pre(x, start, min(start + step, self.units))
+            top = pre.topk(min(keep, pre.shape[-1]), dim=-1).values
+            best = top if best is None else torch.cat([best, top], dim=-1).topk(keep, dim=-1).values
+        assert best is not None
+        if keep == self.k:  # every unit is among the k largest
+            return torch.full_like(best[..., 0], -torch.inf)
+        return (best[..., self.k - 1] + best[..., self.k]) / 2
+
+    def encode_slice(self, x: torch.Tensor, start: int, stop: int, cutoff: torch.Tensor | None = None) -> torch.Tensor:
+        """Values of units [start, stop) only: [..., stop - start]. A topk basis needs `cutoff`
+        (`topk_cutoffs(x)`); a unit then keeps its value where it is among the k largest."""
+        pre = self._pre(self._centred(x), start, stop)
+        return self._activate(pre, slice(start, stop), cutoff)
+
+    def encode_units(self, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """Row i's values of its own unit `units[i]`: `x` [m, ..., C] -> [m, ...] (pictures, scores)."""
+        x = self._centred(x)
+        units = units.to(x.device).long()
+        weight = (self.encoder if self.encoder is not None else self.directions).to(x.device)[units]
+        pre = torch.einsum("m...c,mc->m...", x, weight)
+        if self.encoder_bias is not None:
+            pre = pre + self.encoder_bias.to(x.device)[units].reshape(-1, *([1] * (pre.ndim - 1)))
+        cutoff = self.topk_cutoffs(x) if self.activation == "topk" else None
+        if self.activation == "jumprelu":
+            assert self.threshold is not None
+            return torch.where(pre > self.threshold.to(x.device)[units].reshape(-1, *([1] * (pre.ndim - 1))), pre,
+                               torch.zeros_like(pre))
+        return self._activate(pre, None, cutoff)
+
+    def _activate(self, pre: torch.Tensor, units: slice | None, cutoff: torch.Tensor | None) -> torch.Tensor:
+        if self.activation == "relu":
+            return pre.clamp_min(0)
+        if self.activation == "jumprelu":
+            assert self.threshold is not None and units is not None
+            return torch.where(pre > self.threshold[units].to(pre.device), pre, torch.zeros_like(pre))
+        if self.activation == "topk":
+            if cutoff is None:
+                raise BasisError(f"basis {self.source}: a topk slice needs its cutoffs (topk_cutoffs)")
+            keep = pre > (cutoff if units is None else cutoff[..., None])
+            return torch.where(keep, pre.clamp_min(0), torch.zeros_like(pre))
+        return pre
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Unit values of activations `x` [..., C] -> [..., n], on x's device and dtype float32."""
@@ -120,7 +199,7 @@ def load_basis(url: str, layer: str, channels: int, *, activation: str | None = 
     chosen = activation or ("none" if encoder is None else ("jumprelu" if threshold is not None else "relu"))
     basis = Basis(layer=layer, directions=directions, encoder=encoder, encoder_bias=_vector(tensors.get("b_enc")),
                   decoder_bias=_vector(tensors.get("b_dec")), activation=chosen, k=k,
-                  threshold=_vector(threshold), source=url)
+                  threshold=_vector(threshold), source=url, digest=hashlib.sha256(data).hexdigest())
     basis.check_layer(channels)
     return basis
 

@@ -45,10 +45,13 @@ class Tally:
 class BatchPass:
     """Runs one batch at a time through a capture and folds its reductions into the accumulator."""
 
-    def __init__(self, infos: "list[LayerInfo]", offsets: list[tuple[str, int, int]], state: UnitAccumulator,
+    def __init__(self, sources: Mapping[str, str], infos: "list[LayerInfo]", offsets: list[tuple[str, int, int]], state: UnitAccumulator,
                  pooled: ChunkStream | None, spatial: dict[str, ChunkStream], *, lazy_positions: bool,
                  map_dtype: torch.dtype, bases: Mapping[str, "Basis"] | None = None) -> None:
-        self.layers = [info.name for info in infos]
+        self.layers = list(sources)  # the scanned names, in unit order
+        self.views: dict[str, list[str]] = {}  # model layer -> the scanned names it feeds
+        for name, layer in sources.items():
+            self.views.setdefault(layer, []).append(name)
         self.layouts = {info.name: info.layout for info in infos}
         self.ranges = {name: (lo, hi) for name, lo, hi in offsets}
         self.state = state
@@ -61,15 +64,33 @@ class BatchPass:
         self._maps: dict[str, torch.Tensor] = {}
         self._ranks: torch.Tensor | None = None
 
-    def on_output(self, name: str, activation: torch.Tensor) -> None:
-        """Capture callback: reduce a layer's output while the forward pass is running."""
-        flat = as_channels_first(activation, self.layouts[name]).flatten(2)
-        if name in self.bases:  # the basis's units at every position, computed on the fly: (B, n, P)
-            flat = self.bases[name].encode(flat.transpose(1, 2)).transpose(1, 2).contiguous()
-        floors = self.state.floors(*self.ranges[name], self._ranks) if self.lazy_positions else None
-        self._reduced[name] = reduce_activation(flat, floors)
-        if name in self.spatial:  # the tensor is only valid during the callback: copy it
-            self._maps[name] = as_channels_first(activation, self.layouts[name]).to(self.map_dtype, copy=True)
+    def on_output(self, layer: str, activation: torch.Tensor) -> None:
+        """Capture callback: reduce a layer's output, in each basis scanned, while the forward pass is running."""
+        channels = as_channels_first(activation, self.layouts[layer]).flatten(2)
+        for name in self.views[layer]:
+            if name in self.bases:
+                self._reduced[name] = self._reduce_basis(name, channels)
+                continue
+            floors = self.state.floors(*self.ranges[name], self._ranks) if self.lazy_positions else None
+            self._reduced[name] = reduce_activation(channels, floors)
+            if name in self.spatial:  # the tensor is only valid during the callback: copy it
+                self._maps[name] = as_channels_first(activation, self.layouts[layer]).to(self.map_dtype, copy=True)
+
+    def _reduce_basis(self, name: str, channels: torch.Tensor) -> Reduced:
+        """A basis's units at every position, encoded and reduced a chunk of units at a time, so a
+        wide SAE never holds (images x latents x positions) at once."""
+        basis = self.bases[name]
+        vectors = channels.transpose(1, 2)  # (B, P, C)
+        cutoff = basis.topk_cutoffs(vectors) if basis.activation == "topk" else None
+        low, _ = self.ranges[name]
+        step = basis.units_per_chunk(vectors.shape[0] * vectors.shape[1])
+        parts = []
+        for start in range(0, basis.units, step):
+            stop = min(start + step, basis.units)
+            flat = basis.encode_slice(vectors, start, stop, cutoff).transpose(1, 2).contiguous()  # (B, units, P)
+            floors = self.state.floors(low + start, low + stop, self._ranks) if self.lazy_positions else None
+            parts.append(reduce_activation(flat, floors))
+        return parts[0] if len(parts) == 1 else concat(parts)
 
     def run(self, capture, batch: Batch, device: torch.device, pad_to: int | None) -> None:
         """Forward one batch (padded to `pad_to` images) and fold its reductions in."""

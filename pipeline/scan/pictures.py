@@ -33,6 +33,7 @@ from loupe.pipeline.scan.receptive_field import ReceptiveField
 
 if TYPE_CHECKING:
     from loupe.pipeline.models import LoadedModel
+    from loupe.pipeline.models.basis import Basis
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,16 @@ class PictureCutter:
     """
 
     def __init__(self, model: "LoadedModel", layer: str, receptive_field: ReceptiveField,
-                 settings: PictureSettings, images_per_batch: int) -> None:
+                 settings: PictureSettings, images_per_batch: int, *, basis: "Basis | None" = None) -> None:
+        """With a `basis` (of `layer`), units are the basis's units, encoded from the layer's
+        activation exactly as the scan encodes them, and boxes are the union over channels."""
         self.model = model
         self.info = model.catalog[layer]  # LayerError names an unknown layer
         self.layer = layer
+        self.basis = basis
+        if basis is not None:
+            basis.check_layer(self.info.channels)
+            receptive_field = receptive_field.union()
         self.field = receptive_field
         self.settings = settings
         if not isinstance(images_per_batch, (int, np.integer)) or isinstance(images_per_batch, bool) \
@@ -169,7 +176,8 @@ class PictureCutter:
         if not (len(image_index) == len(unit) == len(wanted)):
             raise LoupeError(f"picture requests need as many images, units and positions; got {len(image_index)}, "
                              f"{len(unit)} and {len(wanted)}")
-        channels, positions = self.info.channels, int(np.prod(self.map_shape))
+        channels = self.basis.units if self.basis is not None else self.info.channels
+        positions = int(np.prod(self.map_shape))
         bad_unit = (unit < 0) | (unit >= channels)
         if bad_unit.any():
             raise LoupeError(f"layer {self.layer} has {channels} units; a picture was asked for unit "
@@ -196,7 +204,12 @@ class PictureCutter:
         def keep(name: str, activation: torch.Tensor) -> None:  # the tensor is only valid during the call
             mine, batch_rows = pending["mine"], pending["rows"]
             values = as_channels_first(activation, self.info.layout)
-            picked = values[torch.from_numpy(batch_rows).to(values.device), torch.from_numpy(unit[mine]).to(values.device)]
+            rows = torch.from_numpy(batch_rows).to(values.device)
+            units = torch.from_numpy(unit[mine]).to(values.device)
+            if self.basis is not None:  # only each request's own latent, encoded like the scan: (m, P)
+                picked = self.basis.encode_units(values[rows].flatten(2).transpose(1, 2), units)
+            else:
+                picked = values[rows, units]
             maps[mine] = picked.float().reshape(len(mine), *self.map_shape).cpu().numpy()
 
         count = len(decoded.positions)

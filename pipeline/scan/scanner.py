@@ -105,34 +105,39 @@ class Scanner:
         bases: Mapping[str, "Basis"] | None = None,
     ) -> None:
         """`receptive_fields` (e.g. probed once on a driver and shipped to every worker) skips the probe.
-        `bases` maps a layer to a `Basis` (directions or an SAE encoder): that layer's units are then
-        the basis's units, computed from the activation on the fly (nothing dense is stored)."""
+
+        `bases` maps a scanned name to a `Basis` (directions or an SAE encoder): that name's units
+        are the basis's units, computed on the fly from the activation of the basis's layer
+        (nothing dense is stored). A name may be the basis's layer itself (the layer is scanned in
+        that basis only) or any other name, e.g. `features.7@sae`, scanned beside the layer's
+        channels from the same forward pass; names in `bases` missing from `layers` are appended.
+        """
         if isinstance(layers, str):
             layers = [name for name in layers.split(",") if name]
-        layers = list(dict.fromkeys(layers))
+        self.bases = dict(bases or {})
+        layers = list(dict.fromkeys([*layers, *self.bases]))
         if not layers:
             raise ScanError("scan needs at least one layer")
         self.model = model
         self.options = options
-        self.infos: list[LayerInfo] = [model.catalog[name] for name in layers]  # LayerError names the culprit
+        #: The model layer each scanned name reads (its own name, or its basis's layer).
+        self.sources = {name: self.bases[name].layer if name in self.bases else name for name in layers}
+        self.infos: list[LayerInfo] = [model.catalog[self.sources[name]] for name in layers]  # LayerError names it
         for name in options.spatial_layers:
             if name not in layers:
                 raise ScanError(f"scan.spatial_layers names {name!r}, which is not among the scanned layers {layers}")
         self.layers = layers
-        self.bases = dict(bases or {})
         for name, basis in self.bases.items():
-            if name not in layers:
-                raise ScanError(f"a basis is given for {name!r}, which is not among the scanned layers {layers}")
-            basis.check_layer(model.catalog[name].channels)
+            basis.check_layer(model.catalog[basis.layer].channels)
             if name in options.spatial_layers:
                 raise ScanError(f"scan.spatial_layers cannot stream full maps of {name!r}: it is scanned in a basis")
-        self.widths = {info.name: self.bases[info.name].units if info.name in self.bases else info.channels
-                       for info in self.infos}
+        self.widths = {name: self.bases[name].units if name in self.bases else info.channels
+                       for name, info in zip(layers, self.infos)}
         self.offsets: list[tuple[str, int, int]] = []
         total = 0
-        for info in self.infos:
-            self.offsets.append((info.name, total, total + self.widths[info.name]))
-            total += self.widths[info.name]
+        for name in layers:
+            self.offsets.append((name, total, total + self.widths[name]))
+            total += self.widths[name]
         self.units = total
         size = model.preprocessing.input_size
         self._given: dict[str, ReceptiveField] = {}
@@ -153,9 +158,10 @@ class Scanner:
         """Exact crop boxes per layer: given ones, else probed once per model and input size and cached."""
         size = self.model.preprocessing.input_size
         cache = _FIELD_CACHE.setdefault(self.model.module, {})
-        missing = [info for info in self.infos if info.name not in self._given and (info.name, size) not in cache]
+        missing = list(dict.fromkeys(info.name for info in self.infos
+                                     if info.name not in self._given and (info.name, size) not in cache))
         if missing:
-            probed = probe_receptive_fields(self.model, [info.name for info in missing])
+            probed = probe_receptive_fields(self.model, missing)
             for name, value in probed.items():
                 cache[(name, size)] = value
         return {info.name: self._given.get(info.name) or cache[(info.name, size)] for info in self.infos}
@@ -181,7 +187,7 @@ class Scanner:
         fields = self.receptive_fields
         run = self._pass(listing, on_chunk)
         tally = Tally(listing.start)
-        with capture(self.model, self.layers, on_output=run.on_output) as cap, torch.inference_mode():
+        with capture(self.model, list(dict.fromkeys(self.sources.values())), on_output=run.on_output) as cap, torch.inference_mode():
             for batch in batches:
                 self._check_batch(batch, tally.done, listing)
                 run.run(cap, batch, self.model.device, pad_to)
@@ -199,7 +205,7 @@ class Scanner:
             self.options.position_search == "auto" and device.type == "cpu"
         )
         pooled, spatial = self._streams(listing, sink)
-        return BatchPass(self.infos, self.offsets, UnitAccumulator(self.units, self.options.k, device), pooled,
+        return BatchPass(self.sources, self.infos, self.offsets, UnitAccumulator(self.units, self.options.k, device), pooled,
                          spatial, lazy_positions=lazy, map_dtype=_DTYPES[self.options.activation_dtype],
                          bases=self.bases)
 
@@ -219,9 +225,9 @@ class Scanner:
             pooled = ChunkStream(POOLINGS, self.offsets, (self.units,), listing.start, listing.stop,
                                  self.options.chunk_images, dtype, self.model.device, sink)
         spatial = {}
-        for info in self.infos:
-            if info.name in self.options.spatial_layers:
-                spatial[info.name] = ChunkStream(
+        for name, info in zip(self.layers, self.infos):
+            if name in self.options.spatial_layers:
+                spatial[name] = ChunkStream(
                     (SPATIAL,), [(info.name, 0, info.channels)], (info.channels, *info.spatial), listing.start,
                     listing.stop, self.options.spatial_chunk_images, dtype, torch.device("cpu"), sink,
                 )
@@ -237,7 +243,7 @@ class Scanner:
             for kind, arrays in extremes.items():
                 keys, image, where = (a[lo:hi] for a in arrays)
                 channels = np.broadcast_to(np.arange(hi - lo)[:, None], keys.shape)
-                field = fields[name] if name not in self.bases else fields[name].union()
+                field = fields[info.name] if name not in self.bases else fields[info.name].union()
                 box = field.lookup(channels, np.maximum(where, 0)).astype(np.int32)
                 box[image < 0] = 0
                 parts[kind] = Examples(keys.copy(), image.copy(), where.copy(), box)

@@ -55,7 +55,7 @@ def atlas_snapshot(url: str, storage_options: dict | None = None) -> dict:
     atlas = open_atlas(url, storage_options=storage_options)
     snapshot = {}
     for model in atlas.models():
-        for layer in atlas.layers(model):
+        for layer in atlas.layer_keys(model):
             for kind in atlas.kinds(model, layer):
                 units, images = atlas.layer_renders(model, layer, kind)
                 snapshot[(model, layer, kind)] = (units.tolist(), images.tobytes())

@@ -17,7 +17,7 @@ def test_validate_only_counts_rendered_units_and_scanned_channels_apart(tmp_path
     # of both layers (resnet20: layer1.0.bn1 has 16, layer2 has 32).
     assert "1 model(s), 2 layer(s)" in out
     assert "renders 8 unit(s) in 3 kind(s) (channel 8, negative 8, diversity 8; 40 images)" in out
-    assert f"scans all 48 channel(s) of those layers over {tmp_path / 'images'}" in out
+    assert f"scans all 48 unit(s) of those layers and bases over {tmp_path / 'images'}" in out
     assert not (tmp_path / "atlas").exists()
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loupe.pipeline.featurevis.spectrum import MagnitudeSpectrum
 from loupe.pipeline.models import LoadedModel, Preprocessing
 
 IDENTITY = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=32)
@@ -75,3 +77,21 @@ def hook_count(module: nn.Module) -> int:
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
         for m in module.modules()
     )
+
+
+def natural_magnitude(size: int = 24) -> np.ndarray:
+    """The mean magnitude of smooth random pictures (a stand-in for a dataset's spectrum)."""
+    rng = np.random.default_rng(0)
+    coarse = torch.from_numpy(rng.random((16, 3, 6, 6))).float()
+    pictures = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    pictures = pictures + 0.05 * torch.from_numpy(rng.standard_normal((16, 3, size, size))).float()
+    spectrum = MagnitudeSpectrum(size, size)
+    spectrum.add((pictures.clamp(0, 1) * 255).round().to(torch.uint8))
+    return spectrum.result()
+
+
+def start_picture(size: int = 24) -> np.ndarray:
+    """A uint8 [1, size, size, 3] picture with structure in every colour channel."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    rgb = [128 + 100 * np.sin(xx / 3.0), 128 + 80 * np.cos(yy / 4.0), 128 + 90 * np.sin((xx + yy) / 5.0)]
+    return np.stack(rgb, -1).round().astype(np.uint8)[None]

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from loupe.pipeline.featurevis import param, render_vis
-from loupe.pipeline.featurevis.spectrum import MagnitudeSpectrum
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.featurevis.spectrum import MagnitudeSpectrum, radial_power, spectrum_slope
 from loupe.pipeline.models import capture
 from loupe.pipeline.scan.state import StateError
 
@@ -63,7 +64,9 @@ def test_spectrum_is_the_mean_of_image_spectra_and_merges_exactly():
     images = rng.integers(0, 256, (10, 3, 12, 12), dtype=np.uint8)
     whole = MagnitudeSpectrum(12, 12)
     whole.add(images)
-    expected = np.mean([np.abs(np.fft.rfft2(i.astype(np.float64) / 255, norm="ortho")) for i in images], axis=0)
+    to_decorrelated = np.linalg.inv(param.COLOR_CORRELATION_SVD_SQRT.double().numpy() / param.MAX_NORM_SVD_SQRT)
+    decorrelated = np.einsum("ij,njhw->nihw", to_decorrelated, images.astype(np.float64) / 255)
+    expected = np.mean([np.abs(np.fft.rfft2(i, norm="ortho")) for i in decorrelated], axis=0)
     assert np.allclose(whole.result(), expected, rtol=1e-5)
     a, b = MagnitudeSpectrum(12, 12), MagnitudeSpectrum(12, 12)
     a.add(images[:3])
@@ -80,3 +83,26 @@ def test_bad_magnitudes_are_refused():
         param.maco(16, torch.ones(3, 16, 16))
     with pytest.raises(ValueError, match="non-negative"):
         param.maco(16, -torch.ones(3, 16, 9))
+
+
+def power_law_pictures(exponent: float, n: int = 6, size: int = 64) -> np.ndarray:
+    """Grey uint8 pictures whose power is exactly 1/f^exponent, with random phases."""
+    rng = np.random.default_rng(int(exponent * 10))
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(size), np.fft.rfftfreq(size), indexing="ij"))
+    f[0, 0] = 1.0
+    spectrum = np.exp(2j * np.pi * rng.random((n, size, size // 2 + 1))) * f ** (-exponent / 2)
+    grey = np.fft.irfft2(spectrum, s=(size, size))
+    grey = (grey - grey.min()) / (grey.max() - grey.min())
+    return np.repeat((grey * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+
+
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 2.0, 3.0])
+def test_spectrum_slope_recovers_a_power_law(exponent):
+    assert spectrum_slope(power_law_pictures(exponent)) == pytest.approx(-exponent, abs=0.15)
+
+
+def test_radial_power_rings_and_bad_input():
+    freqs, power = radial_power(power_law_pictures(2.0, size=32))
+    assert freqs.tolist() == list(range(1, 17)) and (power > 0).all()
+    with pytest.raises(LoupeError, match=r"\[N, H, W, 3\]"):
+        spectrum_slope(np.zeros((2, 3, 16, 16), np.uint8))

@@ -178,3 +178,15 @@ def test_validate_names_the_culprit_before_any_work(tiny):
     O.class_logit("logits", "class9").validate(tiny)
     with pytest.raises(LoupeError, match="3 values but layer mid.2 has 16"):
         O.direction("mid.2", [1.0, 2.0, 3.0]).validate(tiny)
+
+
+def test_each_distance_is_each_images_own_mean_squared_distance():
+    image = torch.rand(3, 3, 4, 4, requires_grad=True)
+    targets = torch.rand(3, 3, 4, 4)
+    T = Activations({"input": image})
+    value = O.each_distance(targets)(T)
+    assert torch.allclose(value, ((image - targets) ** 2).flatten(1).mean(1).sum())
+    value.backward()
+    assert torch.allclose(image.grad, 2 * (image - targets).detach() / 48)  # element i's gradient: its own target
+    with pytest.raises(LoupeError, match="each_distance"):
+        O.each_distance(targets[:2])(T)

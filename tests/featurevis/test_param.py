@@ -93,3 +93,41 @@ def test_bad_arguments_name_the_setting():
         param.image(0)
     with pytest.raises(ValueError, match="factor"):
         param.lowres(8, factor=0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: param.image((20, 23), batch=2),
+        lambda: param.image((20, 23), batch=2, decorrelate=False),
+        lambda: param.image((20, 23), batch=2, sigmoid=False),
+        lambda: param.image((20, 23), batch=2, fft=False),
+        lambda: param.pixel((20, 23), batch=2),
+    ],
+    ids=["fft", "fft-rgb", "fft-nosigmoid", "pixel-decorrelated", "pixel"],
+)
+def test_a_parameterization_can_start_from_a_picture(make):
+    torch.manual_seed(0)
+    picture = (torch.rand(2, 3, 20, 23) * 255).round() / 255
+    p = make()
+    p.match_image(picture)
+    assert torch.equal((p.image() * 255).round() / 255, picture)  # quantizes back to the same uint8 picture
+    with pytest.raises(ValueError, match=r"shape \[2, 3, 20, 23\]"):
+        p.match_image(picture[:1])
+
+
+def test_maco_starts_from_a_pictures_phase():
+    torch.manual_seed(0)
+    picture = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4), size=(16, 16), mode="bicubic").clamp(0, 1)
+    decorrelated = torch.fft.rfft2(param.correlate_color(picture), norm="ortho")
+    p = param.maco(16, decorrelated[0].abs())  # the picture's own magnitude: MACO can then show it
+    p.match_image(picture)
+    assert torch.allclose(torch.angle(torch.fft.rfft2(p.spatial(), norm="ortho"))[..., 1:8],
+                          torch.angle(decorrelated)[..., 1:8], atol=1e-4)
+    shown = p.image().flatten(1)
+    assert torch.corrcoef(torch.stack([shown[0], picture.flatten()]))[0, 1] > 0.9
+
+
+def test_colour_decorrelation_inverts():
+    rgb = torch.rand(2, 3, 5, 5)
+    assert torch.allclose(param.linear_decorrelate_color(param.correlate_color(rgb)), rgb, atol=1e-5)

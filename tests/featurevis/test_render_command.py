@@ -80,3 +80,35 @@ def test_errors_name_the_culprit_before_rendering(toy_source, tmp_path):
 def test_default_weights_are_pretrained_only_where_torchvision_has_them():
     assert default_weights("torchvision:googlenet") == "DEFAULT"
     assert default_weights("mypkg.models:build") == "none"
+
+
+def test_render_with_maco_writes_rgba_with_the_transparency_as_alpha(toy_source, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(images / f"i{index}.png")
+    out = tmp_path / "maco.png"
+    assert run(toy_source, "2:1", "--weights", "none", "--steps", "4", "--size", "32", "--param", "maco",
+               "--spectrum-from", str(images), "--out", str(out), "--device", "cpu", "--no-progress") == 0
+    with Image.open(out) as image:
+        assert image.mode == "RGBA" and image.size == (32, 32)
+        alpha = np.asarray(image)[..., 3]
+    assert alpha.max() == 255 and alpha.std() > 0
+    with pytest.raises(LoupeError, match="--spectrum-from"):
+        run(toy_source, "2:1", "--weights", "none", "--param", "maco", "--out", str(out), "--device", "cpu")
+
+
+def test_render_accentuates_a_start_picture(toy_source, tmp_path):
+    start = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(start).save(tmp_path / "start.png")
+    out = tmp_path / "accent.png"
+    assert run(toy_source, "2:1", "--weights", "none", "--steps", "4", "--size", "32", "--start-image",
+               str(tmp_path / "start.png"), "--accentuation-weight", "1000", "--out", str(out), "--device", "cpu",
+               "--no-progress") == 0
+    with Image.open(out) as image:
+        pixels = np.asarray(image).astype(np.int16)
+    assert np.abs(pixels - start).mean() < 6, "a strong weight keeps the render near its start picture"
+    with pytest.raises(LoupeError, match="--start-image"):
+        run(toy_source, "2:1", "--weights", "none", "--start-image", str(tmp_path / "nope.png"), "--out", str(out),
+            "--device", "cpu")

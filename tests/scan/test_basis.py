@@ -143,3 +143,54 @@ def test_render_units_in_a_one_hot_basis_equal_the_channels(kind):
     assert np.allclose(channels.activations, directions.activations, rtol=1e-6, atol=1e-7)
     with pytest.raises(Exception, match="unit 5 is outside basis"):
         render_units(model, "conv1", [5], kind, settings, basis=basis)
+
+
+def test_channels_and_bases_of_one_layer_come_from_one_pass_and_equal_separate_scans(listing):
+    model = tiny_model(input_size=10)
+    first, second = Basis("conv1", torch.randn(3, 6)), Basis("conv1", torch.eye(6)[[5, 0]])
+    together = scan(model, listing, {"conv1@a": first, "conv1@b": second})
+    assert list(together.layers) == ["conv1", "conv1@a", "conv1@b"]
+    alone = {"conv1": scan(model, listing).layers["conv1"], "conv1@a": scan(model, listing, {"conv1": first}).layers["conv1"],
+             "conv1@b": scan(model, listing, {"conv1": second}).layers["conv1"]}
+    for name, expected in alone.items():
+        got = together.layers[name]
+        assert got.channels == expected.channels
+        for part in ("top", "bottom"):
+            assert np.array_equal(getattr(got, part).keys, getattr(expected, part).keys), name
+            assert np.array_equal(getattr(got, part).image_index, getattr(expected, part).image_index), name
+            assert np.array_equal(getattr(got, part).box, getattr(expected, part).box), name
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "jumprelu", "topk"])
+def test_chunked_and_per_unit_encodings_match_the_whole_encoding(activation, monkeypatch):
+    import loupe.pipeline.models.basis as basis_module
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7, 5, generator=generator)  # [images, positions, channels]
+    basis = Basis("l", torch.randn(9, 5, generator=generator), encoder=torch.randn(9, 5, generator=generator),
+                  encoder_bias=torch.randn(9, generator=generator), decoder_bias=torch.randn(5, generator=generator),
+                  activation=activation, k=3 if activation == "topk" else None,
+                  threshold=torch.rand(9, generator=generator) if activation == "jumprelu" else None)
+    whole = basis.encode(x)
+    monkeypatch.setattr(basis_module, "CHUNK_VALUES", 14 * 2)  # two units per chunk for 14 vectors
+    assert basis.units_per_chunk(14) == 2
+    cutoff = basis.topk_cutoffs(x) if activation == "topk" else None
+    chunks = torch.cat([basis.encode_slice(x, s, min(s + 2, 9), cutoff) for s in range(0, 9, 2)], dim=-1)
+    torch.testing.assert_close(chunks, whole, rtol=1e-6, atol=1e-6)
+    units = torch.tensor([4, 0])
+    torch.testing.assert_close(basis.encode_units(x, units), whole[torch.arange(2), :, units], rtol=1e-6, atol=1e-6)
+
+
+def test_a_wide_basis_scans_in_unit_chunks_with_the_same_results(listing, monkeypatch):
+    import loupe.pipeline.models.basis as basis_module
+
+    model = tiny_model(input_size=10)
+    sae = Basis("conv1", torch.randn(12, 6), encoder=torch.randn(12, 6), encoder_bias=torch.zeros(12),
+                activation="topk", k=2)
+    whole = scan(model, listing, {"conv1@sae": sae}).layers["conv1@sae"]
+    monkeypatch.setattr(basis_module, "CHUNK_VALUES", 4 * 100 * 3)  # 3 latents per chunk (4 images x 100 positions)
+    chunked = scan(model, listing, {"conv1@sae": sae}).layers["conv1@sae"]
+    for part in ("top", "bottom"):
+        assert np.array_equal(getattr(chunked, part).image_index, getattr(whole, part).image_index)
+        np.testing.assert_allclose(getattr(chunked, part).values(bottom=part == "bottom"),
+                                   getattr(whole, part).values(bottom=part == "bottom"), rtol=1e-5, atol=1e-6)
