@@ -282,3 +282,24 @@ def test_basis_config_errors_name_their_field():
     assert "models[0].layers[0]: channels: false needs at least one entry in bases" in text
     assert "models[0].layers[1].bases[0].name" in text and "models[0].layers[1].bases[1]" in text
     assert "topk needs k" in text
+
+
+def test_a_basis_from_s3_builds_into_an_s3_atlas_like_a_local_one(tmp_path, s3_bucket, s3_options):
+    import s3fs
+
+    from tests.builds.build_helpers import atlas_snapshot
+
+    local_file = tmp_path / "eye.npy"
+    np.save(local_file, np.eye(32, dtype=np.float32)[:6])
+    fs = s3fs.S3FileSystem(**s3_options)
+    fs.put(str(local_file), f"{s3_bucket}/bases/eye.npy")
+    s3_config = identity_config(tmp_path, local_file)
+    s3_config["atlas"] = {"url": f"s3://{s3_bucket}/atlases/bases", "storage_options": s3_options}
+    basis = s3_config["models"][0]["layers"][0]["bases"][0]
+    basis.update(url=f"s3://{s3_bucket}/bases/eye.npy", storage_options=s3_options)
+    build(s3_config)
+    build(identity_config(tmp_path, local_file))
+    remote = atlas_snapshot(s3_config["atlas"]["url"], s3_options)
+    assert ("r20", "layer2@eye", "channel") in remote and remote == atlas_snapshot(str(tmp_path / "atlas"))
+    atlas = open_atlas(s3_config["atlas"]["url"], storage_options=s3_options)
+    assert atlas.basis("r20", "layer2", "eye").source == f"s3://{s3_bucket}/bases/eye.npy"
