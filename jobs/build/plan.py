@@ -19,8 +19,8 @@ from loupe.jobs.build.resolve import ResolvedModel
 SCORED_KIND = "channel"
 #: Fresh random transforms drawn to measure a render's fv_robustness.
 SCORE_TRANSFORMS = 8
-CODE_VERSIONS = {"render": "render-3", "spectrum": "spectrum-1", "scan": "scan-3", "reduce": "reduce-4",
-                 "score": "score-1"}
+CODE_VERSIONS = {"render": "render-3", "spectrum": "spectrum-1", "fields": "fields-1", "scan": "scan-3",
+                 "reduce": "reduce-4", "score": "score-1"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,28 @@ class SpectrumSpec:
 
 
 @dataclass(frozen=True)
+class FieldsSpec:
+    """Probe the receptive fields of a model's scanned layers once and save them in the atlas's
+    build state (`state_key`) for every scan and reduce: model compute, so it runs on a worker (a
+    GPU makes it instant), never on the driver. It is preparation, not part of any version: it
+    leaves no completion record and runs only while the saved fields are missing."""
+
+    state_key: str
+    layers: tuple[str, ...]
+
+    stage: ClassVar[str] = "fields"
+
+    def key_fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def inputs(self) -> tuple[str, ...]:
+        return ()
+
+    def describe(self) -> str:
+        return f"receptive fields of {len(self.layers)} layer(s)"
+
+
+@dataclass(frozen=True)
 class ScanSpec:
     """Scan images [start, stop) of the saved listing through every scanned layer of one model."""
 
@@ -90,16 +112,17 @@ class ScanSpec:
     images_per_batch: int  # how the work is done, not what it produces: not keyed
     decode_workers: int  # likewise
     basis_digests: tuple[str, ...] = ()  # per entry of `layers`: its basis file's sha256, "" for channels
+    fields_item: str = ""  # the fields item this scan waits for while the saved fields are missing: not keyed
 
     stage: ClassVar[str] = "scan"
 
     def key_fields(self) -> dict[str, Any]:
         fields = asdict(self)
-        del fields["images_per_batch"], fields["decode_workers"]
+        del fields["images_per_batch"], fields["decode_workers"], fields["fields_item"]
         return _without_empty(fields, "basis_digests")
 
     def inputs(self) -> tuple[str, ...]:
-        return ()
+        return (self.fields_item,) if self.fields_item else ()
 
     def describe(self) -> str:
         return f"shard {self.shard_index + 1}/{self.shard_count}"
@@ -132,16 +155,17 @@ class ReduceSpec:
     images_per_batch: int = 64  # the scan's: same batch shape, so pictures' activations equal the scan's
     decode_workers: int = 2  # how, not what: neither is keyed (like the scan's)
     basis_digest: str = ""  # sha256 of the basis file; "" for channels
+    fields_item: str = ""  # as ScanSpec's: not keyed
 
     stage: ClassVar[str] = "reduce"
 
     def key_fields(self) -> dict[str, Any]:
         fields = asdict(self)
-        del fields["images_per_batch"], fields["decode_workers"]
+        del fields["images_per_batch"], fields["decode_workers"], fields["fields_item"]
         return _without_empty(fields, "basis_digest")
 
     def inputs(self) -> tuple[str, ...]:
-        return self.scan_items
+        return (*self.scan_items, *((self.fields_item,) if self.fields_item else ()))
 
     def describe(self) -> str:
         return f"reduce {self.layer} of {len(self.scan_items)} shard(s)"
@@ -179,8 +203,11 @@ def _without_empty(fields: dict[str, Any], name: str) -> dict[str, Any]:
     return fields
 
 
-Spec = RenderSpec | SpectrumSpec | ScanSpec | ReduceSpec | ScoreSpec
-_SPECS: dict[str, type] = {spec.stage: spec for spec in (RenderSpec, SpectrumSpec, ScanSpec, ReduceSpec, ScoreSpec)}
+Spec = RenderSpec | SpectrumSpec | FieldsSpec | ScanSpec | ReduceSpec | ScoreSpec
+_SPECS: dict[str, type] = {spec.stage: spec for spec in (RenderSpec, SpectrumSpec, FieldsSpec, ScanSpec, ReduceSpec,
+                                                          ScoreSpec)}
+#: Stages whose items prepare build state and belong to no version (no completion record, never reused).
+PREPARATION = ("fields",)
 
 
 @dataclass(frozen=True)

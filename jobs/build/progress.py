@@ -28,7 +28,10 @@ class BuildSummary:
     notes: list[str] = field(default_factory=list)
 
     def count(self, stage: str, cost: int, result: dict) -> None:
-        """Add one finished item: `cost` counts its units (render) or images (scan)."""
+        """Add one finished item: `cost` counts its units (render) or images (scan). Preparation
+        items (fields) belong to no version and are not counted."""
+        if stage == "fields":
+            return
         if result.get("status") == "done":
             self.done += 1
         else:

@@ -17,7 +17,17 @@ from typing import Any, Callable
 
 from loupe.jobs.build import execute, scan_plan, shared_state
 from loupe.jobs.build.config import BuildConfig
-from loupe.jobs.build.plan import CODE_VERSIONS, WorkItem, model_record, plan_renders, plan_scores, plan_spectra
+from loupe.jobs.build.plan import (
+    CODE_VERSIONS,
+    PREPARATION,
+    FieldsSpec,
+    WorkItem,
+    model_record,
+    plan_renders,
+    plan_scores,
+    plan_spectra,
+)
+from loupe.storage.build_state import BuildState
 from loupe.jobs.build.progress import BuildSummary, Progress
 from loupe.jobs.build.resolve import ResolvedModel, resolve_build
 from loupe.storage import AtlasState, AtlasWriter, PublishConflictError, VersionStatus, check_writable, item_keys, read_state
@@ -53,7 +63,8 @@ class BuildPlan:
     listing: Any = None
 
     def all_keys(self) -> set[str]:
-        return {item.key for items in self.items.values() for item in items}
+        """The keys of the items the version holds (preparation items such as fields are not among them)."""
+        return {item.key for items in self.items.values() for item in items if item.stage not in PREPARATION}
 
 
 def make_plan(config: BuildConfig, *, device: str | None = None) -> BuildPlan:
@@ -137,7 +148,7 @@ def _build_draft(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summar
         summary.notes.append(str(exc))
 
 
-_STAGE_ORDER = {"spectrum": 0, "scan": 1, "reduce": 2, "render": 3, "score": 4}
+_STAGE_ORDER = {"fields": 0, "spectrum": 1, "scan": 2, "reduce": 3, "render": 4, "score": 5}
 
 
 def _run_items(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary: BuildSummary, run: Execution) -> None:
@@ -148,13 +159,25 @@ def _run_items(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary:
     for model in plan.models:
         # Scans first, so each layer's reduce (which waits for its scan shards: execute.Schedule)
         # can start while render items are still running.
-        todo = sorted((i for i in plan.items[model.id] if i.key not in done), key=lambda i: _STAGE_ORDER[i.stage])
+        todo = sorted((i for i in plan.items[model.id] if i.key not in done and i.stage not in PREPARATION),
+                      key=lambda i: _STAGE_ORDER[i.stage])
+        todo = _preparation(plan.items[model.id], todo, writer) + todo
         failed = _execute(todo, model, plan, writer, summary, run, model.id).failed if todo else {}
         # A draft deleted or taken over while items ran explains any failure better than the failures do.
         writer.lease.renew()
         summary.failed += sorted(failed)
         for key, reason in sorted(failed.items()):
             run.log(f"item {key} failed: {reason}")
+
+
+def _preparation(items: list[WorkItem], todo: list[WorkItem], writer: AtlasWriter) -> list[WorkItem]:
+    """The fields items the remaining scans and reduces need: only while their saved fields are
+    missing. A saved copy is read back (verified) here, so a bad one fails the build before any item."""
+    if not any(item.stage in ("scan", "reduce") for item in todo):
+        return []
+    state = BuildState.of(writer)
+    return [item for item in items if isinstance(item.spec, FieldsSpec)
+            and shared_state.load_receptive_fields(state, item.spec.state_key) is None]
 
 
 def _reuse(plan: BuildPlan, state: AtlasState, writer: AtlasWriter, summary: BuildSummary) -> set[str]:
@@ -184,9 +207,9 @@ def _runner_args(plan: BuildPlan, model: ResolvedModel, writer: AtlasWriter, ite
         "scan_context": scan_plan.scan_context(config.scan, plan.listing),
     }
     if any(item.stage in ("scan", "reduce") for item in items):
-        # Crop boxes (scans, and example pictures in reduces) depend only on the architecture:
-        # probe once here and share them through storage, not once per actor.
-        args["scan_context"]["receptive_fields"] = shared_state.save_receptive_fields(writer, model)
+        # Crop boxes (scans, and example pictures in reduces) depend only on the architecture: a
+        # fields item probes them once on a worker and every scan and reduce reads them by this key.
+        args["scan_context"]["receptive_fields"] = shared_state.receptive_fields_key(model)[0]
     return args
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from loupe.jobs.build.config import ScanConfig
 from loupe.jobs.build.examples_stage import slot_counts
-from loupe.jobs.build.plan import ReduceSpec, ScanSpec, WorkItem, make_item, model_identity
+from loupe.jobs.build.plan import FieldsSpec, ReduceSpec, ScanSpec, WorkItem, make_item, model_identity
 from loupe.jobs.build.resolve import ResolvedModel
-from loupe.jobs.build.shared_state import save_listing
+from loupe.jobs.build.shared_state import receptive_fields_key, save_listing
 from loupe.pipeline.data import Listing, list_images
 from loupe.storage import AtlasWriter, plan_image_chunks
 
@@ -33,13 +33,15 @@ def scanned_layers(model: ResolvedModel) -> list[str]:
 
 
 def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write_images: bool) -> list[WorkItem]:
-    """One item per shard (chunk-aligned image range), then one reduce item per layer.
+    """The fields item, one item per shard (chunk-aligned image range), then one reduce item per layer.
 
     Exactly one reduce (the first layer's of the model given `write_images`) also writes the
     dataset's images table (id -> URI).
     """
     per_chunk, ranges = plan_image_chunks(len(listing), min(scan.shards, len(listing)))
     identity = model_identity(model)
+    state_key, probed = receptive_fields_key(model)
+    fields = make_item(model.id, {}, FieldsSpec(state_key, probed), cost=0)
     layers = tuple(scanned_layers(model))
     digests = tuple(layer.basis_digest for layer in model.layers)
     items = [
@@ -47,7 +49,7 @@ def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write
             layers=layers, k=scan.k, listing=listing.fingerprint, chunk_images=per_chunk,
             pooled=scan.pooled_activations, shard_index=index, shard_count=len(ranges), start=start, stop=stop,
             images_per_batch=scan.images_per_batch, decode_workers=scan.decode_workers,
-            basis_digests=digests if any(digests) else (),
+            basis_digests=digests if any(digests) else (), fields_item=fields.key,
         ), cost=stop - start)
         for index, (start, stop) in enumerate(ranges)
     ]
@@ -61,11 +63,11 @@ def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write
             quantiles=tuple(examples.quantiles), samples_per_band=examples.samples_per_band,
             histogram_bins=examples.histogram_bins, seed=examples.seed, units_per_item=examples.units_per_item,
             images_per_batch=scan.images_per_batch, decode_workers=scan.decode_workers,
-            basis_digest=digests[index],
+            basis_digest=digests[index], fields_item=fields.key,
         ), cost=0)
         for index, layer in enumerate(layers)
     ]
-    return items + reduces
+    return [fields, *items, *reduces]
 
 
 

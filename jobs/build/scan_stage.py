@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from loupe.jobs.build.plan import ReduceSpec, ScanSpec, WorkItem, item_meta
+from loupe.jobs.build.plan import FieldsSpec, ReduceSpec, ScanSpec, WorkItem, item_meta
 from loupe.jobs.build.shared_state import load_listing, load_receptive_fields
 from loupe.pipeline.data import Listing, LoaderOptions
 from loupe.pipeline.errors import LoupeError
@@ -28,6 +28,8 @@ def partial_name(layer_index: int) -> str:
 
 def run_scan_stage(runner, item: WorkItem) -> dict[str, Any]:
     """Execute a scan or reduce item inside an ItemRunner."""
+    if item.stage == "fields":
+        return _run_fields(runner, item)
     if item.stage == "scan":
         return _run_scan(runner, item)
     if item.stage == "reduce":
@@ -79,6 +81,16 @@ def receptive_fields(runner) -> dict | None:
             raise StorageError(f"receptive fields {key} were not saved in {runner.writer.url}/build-state", url=runner.writer.url)
         runner._receptive_fields = cached = (key, fields)
     return cached[1]
+
+
+def _run_fields(runner, item: WorkItem) -> dict[str, Any]:
+    """Probe and save the model's receptive fields unless a valid copy exists (no completion record:
+    the fields live in build state, shared by versions, not in the version)."""
+    from loupe.jobs.build.shared_state import save_receptive_fields
+
+    spec: FieldsSpec = item.spec
+    probed = save_receptive_fields(runner.writer, runner.model, spec.state_key, spec.layers)
+    return {"probed": probed}
 
 
 def _run_scan(runner, item: WorkItem) -> dict[str, Any]:

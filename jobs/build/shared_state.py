@@ -42,23 +42,29 @@ def load_listing(state: BuildState, fingerprint: str) -> Listing | None:
     return loaded
 
 
-def save_receptive_fields(writer: AtlasWriter, model: ResolvedModel) -> str:
-    """Probe the exact crop boxes of every scanned layer once, save them for the scan workers, return their key.
+def receptive_fields_key(model: ResolvedModel) -> tuple[str, tuple[str, ...]]:
+    """The build-state key of a model's receptive fields, and the layers they cover.
 
-    They depend only on the architecture and input size, so they are keyed by those and reused by
-    later builds; a saved copy is read back (verified) here, so a bad one fails the build before
-    any item runs.
+    Fields depend only on the architecture, the input size and the layers, so later builds (and
+    every scan worker) share them. Computing the key costs nothing: the probe itself is model
+    compute and runs as a `fields` work item on a worker (`save_receptive_fields`).
     """
+    layers = tuple(dict.fromkeys(layer.info.name for layer in model.layers))  # a layer with bases appears once
+    identity = json.dumps({"source": model.config.source, "kwargs": model.config.model_kwargs,
+                           "input_size": model.model.preprocessing.input_size, "layers": list(layers)}, sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()[:32], layers
+
+
+def save_receptive_fields(writer: AtlasWriter, model, key: str, layers: tuple[str, ...]) -> bool:
+    """Probe `layers` of a loaded model and save the fields under `key`, unless a valid copy exists
+    (then nothing is probed). Returns whether it probed."""
     from loupe.pipeline.scan import fields_state, probe_receptive_fields
 
-    layers = list(dict.fromkeys(layer.info.name for layer in model.layers))  # a layer with bases appears once
-    identity = json.dumps({"source": model.config.source, "kwargs": model.config.model_kwargs,
-                           "input_size": model.model.preprocessing.input_size, "layers": layers}, sort_keys=True)
-    key = hashlib.sha256(identity.encode()).hexdigest()[:32]
     state = BuildState.of(writer)
-    if load_receptive_fields(state, key) is None:
-        state.put_receptive_fields(key, fields_state(probe_receptive_fields(model.model, layers)))
-    return key
+    if load_receptive_fields(state, key) is not None:
+        return False
+    state.put_receptive_fields(key, fields_state(probe_receptive_fields(model, list(layers))))
+    return True
 
 
 def load_receptive_fields(state: BuildState, key: str) -> dict | None:

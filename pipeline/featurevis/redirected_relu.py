@@ -42,16 +42,12 @@ class _RedirectedClamp(torch.autograd.Function):
         true_grad = grad.masked_fill(clamped, 0)
         rows = true_grad.reshape(true_grad.shape[0], -1) if grad.dim() >= 2 else true_grad.reshape(1, -1)
         has_signal = rows.ne(0).any(dim=1)
-        if bool(has_signal.all()):
-            return true_grad, None, None, None  # the common case: nothing to redirect
         # Elements where no gradient gets through: pass the incoming gradient, except where it would
         # push an input further outside the range. `grad` is d(loss)/d(output) for a loss being
-        # minimized, so grad > 0 pushes the input down.
-        dead = (~has_signal).nonzero().squeeze(1) if grad.dim() >= 2 else None
-        if dead is None:
-            return _redirect(grad, below, above), None, None, None
-        true_grad[dead] = _redirect(grad[dead], below[dead], above[dead] if above is not None else None)
-        return true_grad, None, None, None
+        # minimized, so grad > 0 pushes the input down. Chosen per element with `where`, never by
+        # asking the host whether any element is dead: no device synchronisation in the step loop.
+        live = has_signal.reshape(-1, *([1] * (grad.dim() - 1))) if grad.dim() >= 2 else has_signal.reshape(())
+        return torch.where(live, true_grad, _redirect(grad, below, above)), None, None, None
 
 
 def _redirect(grad: torch.Tensor, below: torch.Tensor, above: torch.Tensor | None) -> torch.Tensor:

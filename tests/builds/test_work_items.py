@@ -8,7 +8,7 @@ import pytest
 
 from loupe.jobs.build import make_plan
 from loupe.jobs.build.config import parse_config
-from loupe.jobs.build.plan import ReduceSpec, RenderSpec, ScanSpec, ScoreSpec, WorkItem
+from loupe.jobs.build.plan import FieldsSpec, ReduceSpec, RenderSpec, ScanSpec, ScoreSpec, WorkItem
 from tests.builds.build_helpers import tiny_config, write_images
 
 
@@ -27,7 +27,7 @@ def plan(tmp_path, images, **scan) -> list[WorkItem]:
 
 def test_every_item_round_trips_through_json_with_its_typed_spec(tmp_path, images):
     items = plan(tmp_path, images)
-    assert {type(i.spec) for i in items} == {RenderSpec, ScanSpec, ReduceSpec, ScoreSpec}
+    assert {type(i.spec) for i in items} == {RenderSpec, FieldsSpec, ScanSpec, ReduceSpec, ScoreSpec}
     for item in items:
         again = WorkItem.from_json(json.loads(json.dumps(item.to_json())))
         assert again == item and again.spec == item.spec and again.stage == item.stage
@@ -55,3 +55,30 @@ def test_score_items_need_their_reduce_and_channel_renders(tmp_path, images):
         assert sorted(u for s in inputs[1:] for u in s.units) == [0, 1, 2, 3]
     changed = {i.key for i in plan(tmp_path / "d", images, k=2)}
     assert {s.key for s in scores}.isdisjoint(changed), "a new scan redoes the scores"
+
+
+def test_receptive_fields_are_probed_by_a_work_item_once_never_by_the_driver(tmp_path, images, monkeypatch):
+    from loupe.jobs.build import run_build
+    from loupe.jobs.build.config import parse_config as parse
+    from loupe.pipeline.scan import receptive_field
+
+    probes: list[str] = []
+    original = receptive_field.probe_receptive_fields
+
+    def counted(model, layers, **kwargs):
+        import traceback
+
+        probes.append("".join(traceback.format_stack(limit=12)))
+        return original(model, layers, **kwargs)
+
+    monkeypatch.setattr(receptive_field, "probe_receptive_fields", counted)
+    monkeypatch.setattr("loupe.pipeline.scan.probe_receptive_fields", counted)
+    config = tiny_config(str(tmp_path / "atlas"), str(images))
+    first = run_build(parse(config), executor="local", progress=False, log=lambda _: None)
+    assert first.published and len(probes) == 1 and "_run_fields" in probes[0], "one probe, inside the fields item"
+    items = [i for i in plan(tmp_path / "again", images) if i.stage == "fields"]
+    assert len(items) == 1 and items[0].key not in make_plan(parse_config(config), device="cpu").all_keys(), \
+        "the fields item belongs to no version"
+    config["scan"]["k"] = 2  # new scan items: the saved fields are reused, nothing is probed again
+    second = run_build(parse(config), executor="local", progress=False, log=lambda _: None)
+    assert second.published and len(probes) == 1
