@@ -125,7 +125,7 @@ def simulated_runner_class():
                 peak = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
                 self._metric({"stage": "reduce", "layer": item.spec.layer, "peak_bytes": peak,
-                              "seconds": time.perf_counter() - started})
+                              "images_table": item.spec.write_images, "seconds": time.perf_counter() - started})
                 return result
             elif item.stage == "render":
                 extra = self._render(item)
@@ -244,8 +244,11 @@ def synthesized_listing(count: int):
     return Listing.build("folder", "s3://scale/imagenet-train", ids, {"path": ids})
 
 
-def run_scale(fraction: float, endpoint: str, actors: int, render_ms: float, scan_us: float, metrics: str) -> dict:
-    """One build at `fraction` of full scale (this process is its driver); returns its figures."""
+def run_scale(fraction: float, plan_file: str, endpoint: str, actors: int, render_ms: float, scan_us: float,
+              metrics: str) -> dict:
+    """One build at `fraction` of full scale (this process is its driver); returns its figures. The
+    config and layer widths come from `plan_file`, written by the parent, so this driver loads the
+    models only as a real build's driver does."""
     import ray
 
     from loupe.jobs.build import execute, run as build_run, scan_plan
@@ -253,7 +256,7 @@ def run_scale(fraction: float, endpoint: str, actors: int, render_ms: float, sca
     from loupe.storage import AtlasWriter
 
     os.environ.update(CREDENTIALS)
-    config_dict, widths = config_for(fraction, endpoint, actors)
+    config_dict, widths = json.loads(Path(plan_file).read_text())
     started = time.perf_counter()
     listing = synthesized_listing(max(1, int(IMAGES * fraction)))
     synthesized = time.perf_counter() - started
@@ -268,13 +271,20 @@ def run_scale(fraction: float, endpoint: str, actors: int, render_ms: float, sca
     items: dict[str, int] = {}
     compute = [0.0]  # simulated compute seconds of every item, summed
 
+    cpu: dict[str, float] = {}
+
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     def timed(name, function):
         def wrapper(*args, **kwargs):
-            before, begun = request_count(endpoint), time.perf_counter()
+            before, begun, used = request_count(endpoint), time.perf_counter(), cpu_seconds()
             try:
                 return function(*args, **kwargs)
             finally:
                 phases[name] = phases.get(name, 0.0) + time.perf_counter() - begun
+                cpu[name] = cpu.get(name, 0.0) + cpu_seconds() - used
                 requests[name] = requests.get(name, 0) + request_count(endpoint) - before
         return wrapper
 
@@ -307,7 +317,7 @@ def run_scale(fraction: float, endpoint: str, actors: int, render_ms: float, sca
         "fraction": fraction, "images": len(listing), "items": total_items, "listing_s": synthesized,
         "plan_s": phases.get("plan", 0.0), "execute_s": phases.get("execute", 0.0),
         "publish_s": phases.get("publish", 0.0), "requests": requests, "total_s": summary.seconds,
-        "phases": phases,
+        "phases": phases, "driver_cpu": cpu,
         "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "compute_s": compute[0], "actors": actors,
     }
@@ -323,9 +333,11 @@ def main() -> None:
     parser.add_argument("--one", type=float, default=None, help=argparse.SUPPRESS)  # run one scale (child mode)
     parser.add_argument("--endpoint", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--metrics", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--plan-file", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        figures = run_scale(args.one, args.endpoint, args.actors, args.render_ms, args.scan_us, args.metrics)
+        figures = run_scale(args.one, args.plan_file, args.endpoint, args.actors, args.render_ms, args.scan_us,
+                            args.metrics)
         print("FIGURES " + json.dumps(figures))
         return
     import boto3
@@ -339,7 +351,10 @@ def main() -> None:
     rows = []
     for fraction in (float(f) for f in args.fractions.split(",")):
         metrics = f"/tmp/loupe-scale-{os.getpid()}-{fraction:g}.jsonl"
+        plan_file = f"/tmp/loupe-scale-{os.getpid()}-{fraction:g}.json"
+        Path(plan_file).write_text(json.dumps(config_for(fraction, endpoint, args.actors)))
         child = subprocess.run([sys.executable, __file__, "--one", str(fraction), "--endpoint", endpoint,
+                                "--plan-file", plan_file,
                                 "--actors", str(args.actors), "--render-ms", str(args.render_ms),
                                 "--scan-us", str(args.scan_us), "--metrics", metrics],
                                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -350,7 +365,10 @@ def main() -> None:
         figures = json.loads(line[len("FIGURES "):])
         reduces = [json.loads(l) for l in Path(metrics).read_text().splitlines() if '"reduce"' in l]
         Path(metrics).unlink()
-        figures["reduce_peak_mb"] = max(r["peak_bytes"] for r in reduces) / 2**20
+        Path(plan_file).unlink()
+        figures["reduce_peak_mb"] = max(r["peak_bytes"] for r in reduces if not r["images_table"]) / 2**20
+        figures["images_reduce_peak_mb"] = max((r["peak_bytes"] for r in reduces if r["images_table"]),
+                                               default=0) / 2**20
         figures["reduce_max_s"] = max(r["seconds"] for r in reduces)
         rows.append(figures)
         report(figures, args)
@@ -368,12 +386,16 @@ def report(f: dict, args) -> None:
           f"{requests.get('execute', 0) / items:.1f} storage requests per item; overhead "
           f"{overhead * 1e3:.1f} ms per item beyond the simulated compute ({f['compute_s']:.1f} s over "
           f"{f['actors']} actors)")
+    driver = f["driver_cpu"].get("execute", 0.0) / items
+    print(f"  driver          {driver * 1e3:8.1f} ms of driver CPU per item while executing: it could schedule "
+          f"{1 / max(driver, 1e-9):,.0f} items/s (the sustained rate above is bound by the actors and the S3 server "
+          f"sharing {os.cpu_count()} cores)")
     print(f"  publish         {f['publish_s']:8.1f} s  ({requests.get('publish', 0):,} requests)")
     for name in ("read state", "open draft", "reuse (incl. declare)", "declare arrays", "fields check"):
         print(f"  {name:22s}{f['phases'].get(name, 0.0):8.1f} s  ({requests.get(name, 0):,} requests)")
     print(f"  whole build     {f['total_s']:8.1f} s; driver peak memory {f['driver_peak_mb']:,.0f} MB")
-    print(f"  reduce          peak {f['reduce_peak_mb']:,.1f} MB of Python/numpy allocations, longest "
-          f"{f['reduce_max_s']:.1f} s")
+    print(f"  reduce          peak {f['reduce_peak_mb']:,.1f} MB of Python/numpy allocations (the reduce that "
+          f"also writes the images table: {f['images_reduce_peak_mb']:,.1f} MB), longest {f['reduce_max_s']:.1f} s")
 
 
 if __name__ == "__main__":

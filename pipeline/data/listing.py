@@ -126,14 +126,18 @@ class Listing:
 
     def uris(self, local: Sequence[int] | np.ndarray | None = None) -> list[str]:
         """Where each image lives: a file URL, or `table.parquet#row=N` for Parquet sources."""
+        return self.uri_array(local).to_pylist()
+
+    def uri_array(self, local: Sequence[int] | np.ndarray | None = None) -> pa.ChunkedArray:
+        """`uris` as an Arrow string array, built by Arrow kernels: no Python string per image, so a
+        1.28M-image listing costs its Arrow buffers, not a list of Python objects."""
         table = self.table if local is None else self.table.take(pa.array(np.asarray(local, dtype=np.int64)))
         root = self.root.rstrip("/")
         if self.kind == FOLDER:
-            return [f"{root}/{p}" for p in table.column("path").to_pylist()]
-        return [
-            f"{_join(root, self.files[f])}#row={r}"
-            for f, r in zip(table.column("file").to_pylist(), table.column("row").to_pylist())
-        ]
+            return pc.binary_join_element_wise(pa.scalar(root), table.column("path").cast(pa.string()), "/")
+        files = pa.array([_join(root, name) for name in self.files], type=pa.string())
+        per_image = pc.take(files, table.column("file"))
+        return pc.binary_join_element_wise(per_image, table.column("row").cast(pa.string()), "#row=")
 
     def images_table(self) -> pa.Table:
         """image_index, image_id, uri: what an atlas records to find each scanned image again."""
@@ -141,7 +145,7 @@ class Listing:
             {
                 "image_index": pa.array(self.positions),
                 "image_id": self.table.column("id"),
-                "uri": pa.array(self.uris(), type=pa.string()),
+                "uri": self.uri_array(),
             }
         )
 
