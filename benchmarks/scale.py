@@ -113,28 +113,22 @@ def simulated_runner_class():
             self.scan_context = scan_context or {}
             self._bases = {}
 
-        def run(self, item):
-            started = time.perf_counter()
-            if self.writer.is_complete(item.key):
-                return {"key": item.key, "status": "already-done", "cost": item.cost, "seconds": 0.0}
+        def execute(self, item):
             if item.stage == "scan":
-                extra = self._scan(item)
-            elif item.stage == "reduce":
-                tracemalloc.start()
-                result = super().run(item)
+                return self._scan(item)
+            if item.stage == "fields":  # a probe is model compute: simulated scans need no fields
+                return {"probed": False}
+            if item.stage != "reduce":
+                return super().execute(item)  # renders: self._render below; scores: the real ones
+            started = time.perf_counter()
+            tracemalloc.start()
+            try:
+                return super().execute(item)
+            finally:
                 peak = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
                 self._metric({"stage": "reduce", "layer": item.spec.layer, "peak_bytes": peak,
                               "images_table": item.spec.write_images, "seconds": time.perf_counter() - started})
-                return result
-            elif item.stage == "render":
-                extra = self._render(item)
-            elif item.stage == "fields":  # a probe is model compute: simulated scans need no fields
-                return {"key": item.key, "status": "done", "cost": 0, "seconds": 0.0, "probed": False}
-            else:
-                return super().run(item)
-            return {"key": item.key, "status": "done", "cost": item.cost,
-                    "seconds": time.perf_counter() - started, "pid": os.getpid(), **extra}
 
         def _metric(self, record: dict) -> None:
             with open(self.METRICS, "a") as out:

@@ -80,22 +80,25 @@ class ItemRunner:
         started = time.perf_counter()
         if self.writer.is_complete(item.key):
             return {"key": item.key, "status": "already-done", "cost": item.cost, "seconds": 0.0}
-        if item.stage == "render":
-            extra = self._render(item)
-        elif item.stage == "spectrum":
-            from loupe.jobs.build.spectrum_stage import run_spectrum
-
-            extra = run_spectrum(self, item)
-        elif item.stage == "score":
-            from loupe.jobs.build.score_stage import run_score
-
-            extra = run_score(self, item)
-        else:
-            from loupe.jobs.build.scan_stage import run_scan_stage
-
-            extra = run_scan_stage(self, item)
+        extra = self.execute(item)
         return {"key": item.key, "status": "done", "cost": item.cost,
                 "seconds": time.perf_counter() - started, "pid": os.getpid(), **extra}
+
+    def execute(self, item: WorkItem) -> dict[str, Any]:
+        """Compute and write one item by its stage; returns small metadata for the driver."""
+        if item.stage == "render":
+            return self._render(item)
+        if item.stage == "spectrum":
+            from loupe.jobs.build.spectrum_stage import run_spectrum
+
+            return run_spectrum(self, item)
+        if item.stage == "score":
+            from loupe.jobs.build.score_stage import run_score
+
+            return run_score(self, item)
+        from loupe.jobs.build.scan_stage import run_scan_stage
+
+        return run_scan_stage(self, item)
 
     def _render(self, item: WorkItem) -> dict[str, Any]:
         """Render the item's units in one call and write them as one shard object (units need not be
