@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
 
 import fsspec
@@ -187,9 +188,25 @@ def is_image_field(kind: pa.DataType) -> bool:
     return False
 
 
+#: Top-level folders listed at once. An object store lists one prefix page by page (1,000 keys a
+#: request, each waiting for the last), so ImageNet's 1.28M keys are ~1,300 requests in a row;
+#: its 1,000 class folders listed side by side take a fraction of that.
+LISTING_THREADS = 16
+
+
 def _find(fs, path: str, url: str) -> list[str]:
+    """Every file under `path`: the top level once, then each top-level folder concurrently."""
     try:
-        return sorted(fs.find(path, withdirs=False))
+        top = fs.ls(path, detail=True)
+        folders = [entry["name"] for entry in top if entry.get("type") == "directory"]
+        files = [entry["name"] for entry in top if entry.get("type") != "directory"]
+        if len(folders) > 1:
+            with ThreadPoolExecutor(min(LISTING_THREADS, len(folders))) as pool:
+                for found in pool.map(lambda folder: fs.find(folder, withdirs=False), folders):
+                    files += found
+        else:
+            files += [name for folder in folders for name in fs.find(folder, withdirs=False)]
+        return sorted(set(files))
     except Exception as exc:  # noqa: BLE001
         raise DatasetError(f"cannot list dataset {url}: {exc}") from exc
 

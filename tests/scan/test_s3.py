@@ -64,3 +64,22 @@ def test_parquet_on_s3_and_clear_errors_for_missing_prefixes(tmp_path, s3_option
     assert result.scanned == 6 and not result.skipped
     with pytest.raises(DatasetError, match=f"s3://{s3_bucket}/nothing-here"):
         list_images(f"s3://{s3_bucket}/nothing-here/", storage_options=s3_options)
+
+
+def test_a_prefix_of_many_folders_lists_exactly_what_a_recursive_find_lists(tmp_path, s3_options, s3_bucket):
+    """Folders are listed side by side (ImageNet's 1,000 class folders); the listing must not change."""
+    from loupe.pipeline.data import sources
+
+    names = {f"train/c{c:02d}/{'sub/' if i == 2 else ''}img_{c}_{i}.png" for c in range(12) for i in range(3)}
+    names |= {"train/top.png", "train/.hidden/x.png", "train/c03/.DS_Store"}
+    data = png_bytes(random_images(1, SIZE, seed=1)[0])
+    upload(s3_options, s3_bucket, "imagenet", {name: data for name in names})
+    write_folder(tmp_path / "imagenet", {name: data for name in names})
+    fs = s3fs.S3FileSystem(**s3_options)
+    for url, filesystem, path in ((f"s3://{s3_bucket}/imagenet/train", fs, f"{s3_bucket}/imagenet/train"),
+                                  (str(tmp_path / "imagenet" / "train"), None, str(tmp_path / "imagenet" / "train"))):
+        listing = list_images(url, storage_options=s3_options if filesystem else None)
+        expected = sorted(n[len("train/"):] for n in names if "/." not in n)
+        assert listing.ids() == expected, url
+        if filesystem is not None:
+            assert sources._find(fs, path, url) == sorted(fs.find(path, withdirs=False))
