@@ -23,6 +23,16 @@ CODE_VERSIONS = {"render": "render-3", "spectrum": "spectrum-1", "fields": "fiel
                  "reduce": "reduce-4", "score": "score-1"}
 
 
+class _SpecDefaults:
+    """What most specs share: every field is keyed, and the item needs no other item."""
+
+    def key_fields(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def inputs(self) -> tuple[str, ...]:
+        return ()
+
+
 @dataclass(frozen=True)
 class RenderSpec:
     """Render `units` of one layer and kind; every field changes the pictures, so all are keyed."""
@@ -55,7 +65,7 @@ class RenderSpec:
 
 
 @dataclass(frozen=True)
-class SpectrumSpec:
+class SpectrumSpec(_SpecDefaults):
     """MACO's magnitude: the mean Fourier magnitude of the listing's first `images` images at `size`."""
 
     listing: str
@@ -64,18 +74,12 @@ class SpectrumSpec:
 
     stage: ClassVar[str] = "spectrum"
 
-    def key_fields(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def inputs(self) -> tuple[str, ...]:
-        return ()
-
     def describe(self) -> str:
         return f"magnitude spectrum of {self.images} images at {self.size} px"
 
 
 @dataclass(frozen=True)
-class FieldsSpec:
+class FieldsSpec(_SpecDefaults):
     """Probe the receptive fields of a model's scanned layers once and save them in the atlas's
     build state (`state_key`) for every scan and reduce: model compute, so it runs on a worker (a
     GPU makes it instant), never on the driver. It is preparation, not part of any version: it
@@ -85,12 +89,6 @@ class FieldsSpec:
     layers: tuple[str, ...]
 
     stage: ClassVar[str] = "fields"
-
-    def key_fields(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def inputs(self) -> tuple[str, ...]:
-        return ()
 
     def describe(self) -> str:
         return f"receptive fields of {len(self.layers)} layer(s)"
@@ -172,7 +170,7 @@ class ReduceSpec:
 
 
 @dataclass(frozen=True)
-class ScoreSpec:
+class ScoreSpec(_SpecDefaults):
     """Divide each unit's render activation by its natural activations over the dataset.
 
     Needs the layer's reduce (natural max and p99) and the channel render items of the layer
@@ -185,9 +183,6 @@ class ScoreSpec:
     render_items: tuple[str, ...]
 
     stage: ClassVar[str] = "score"
-
-    def key_fields(self) -> dict[str, Any]:
-        return asdict(self)
 
     def inputs(self) -> tuple[str, ...]:
         return (self.reduce_item, *self.render_items)

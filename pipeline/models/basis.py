@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -92,7 +92,7 @@ class Basis:
         return max(1, min(self.units, CHUNK_VALUES // max(rows, 1)))
 
     def _pre(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Pre-activations of units [start, stop) for activations `x` [..., C] (float32)."""
+        """Pre-activations of units [start, stop) for centred activations `x` [..., C] (float32)."""
         weight = (self.encoder if self.encoder is not None else self.directions)[start:stop].to(x.device)
         pre = x @ weight.T
         if self.encoder_bias is not None:
@@ -103,11 +103,20 @@ class Basis:
         x = x.float()
         return x - self.decoder_bias.to(x.device) if self.decoder_bias is not None else x
 
+    def _cutoff(self, top: torch.Tensor) -> torch.Tensor:
+        """Midway between the k-th and (k+1)-th of each vector's largest pre-activations `top` [..., <= k+1]."""
+        assert self.k is not None
+        if top.shape[-1] <= self.k:  # every unit is among the k largest
+            return torch.full_like(top[..., 0], -torch.inf)
+        return (top[..., self.k - 1] + top[..., self.k]) / 2
+
     def topk_cutoffs(self, x: torch.Tensor) -> torch.Tensor:
         """topk: for each vector [...], a value between its k-th and (k+1)-th largest pre-activations
         (found chunk by chunk over the units), so "among the k largest" is `pre > cutoff` even when
         a chunk's arithmetic differs from the whole encoding's in the last bits."""
-        x = self._centred(x)
+        return self._cutoffs_of_centred(self._centred(x))
+
+    def _cutoffs_of_centred(self, x: torch.Tensor) -> torch.Tensor:
         assert self.k is not None
         keep = min(self.k + 1, self.units)
         best: torch.Tensor | None = None
@@ -117,15 +126,34 @@ class Basis:
             top = pre.topk(min(keep, pre.shape[-1]), dim=-1).values
             best = top if best is None else torch.cat([best, top], dim=-1).topk(keep, dim=-1).values
         assert best is not None
-        if keep == self.k:  # every unit is among the k largest
-            return torch.full_like(best[..., 0], -torch.inf)
-        return (best[..., self.k - 1] + best[..., self.k]) / 2
+        return self._cutoff(best)
 
     def encode_slice(self, x: torch.Tensor, start: int, stop: int, cutoff: torch.Tensor | None = None) -> torch.Tensor:
         """Values of units [start, stop) only: [..., stop - start]. A topk basis needs `cutoff`
         (`topk_cutoffs(x)`); a unit then keeps its value where it is among the k largest."""
         pre = self._pre(self._centred(x), start, stop)
-        return self._activate(pre, slice(start, stop), cutoff)
+        threshold = self.threshold[start:stop] if self.threshold is not None else None
+        return self._activate(pre, threshold, None if cutoff is None else cutoff[..., None])
+
+    def encode_chunks(self, x: torch.Tensor) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(start, stop, values [..., stop - start]) of every chunk of units, `units_per_chunk` at a
+        time. Centred once; a basis that fits in one chunk computes its pre-activations once (a
+        wider topk basis needs one extra pass for its cutoffs)."""
+        x = self._centred(x)
+        step = self.units_per_chunk(x[..., 0].numel())
+        if step >= self.units:
+            pre = self._pre(x, 0, self.units)
+            cutoff = None
+            if self.activation == "topk":
+                assert self.k is not None
+                cutoff = self._cutoff(pre.topk(min(self.k + 1, self.units), dim=-1).values)[..., None]
+            yield 0, self.units, self._activate(pre, self.threshold, cutoff)
+            return
+        cutoffs = self._cutoffs_of_centred(x)[..., None] if self.activation == "topk" else None
+        for start in range(0, self.units, step):
+            stop = min(start + step, self.units)
+            threshold = self.threshold[start:stop] if self.threshold is not None else None
+            yield start, stop, self._activate(self._pre(x, start, stop), threshold, cutoffs)
 
     def encode_units(self, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """Row i's values of its own unit `units[i]`: `x` [m, ..., C] -> [m, ...] (pictures, scores)."""
@@ -133,26 +161,24 @@ class Basis:
         units = units.to(x.device).long()
         weight = (self.encoder if self.encoder is not None else self.directions).to(x.device)[units]
         pre = torch.einsum("m...c,mc->m...", x, weight)
+        per_row = (-1, *([1] * (pre.ndim - 1)))  # a unit's bias and threshold, broadcast over its row
         if self.encoder_bias is not None:
-            pre = pre + self.encoder_bias.to(x.device)[units].reshape(-1, *([1] * (pre.ndim - 1)))
-        cutoff = self.topk_cutoffs(x) if self.activation == "topk" else None
-        if self.activation == "jumprelu":
-            assert self.threshold is not None
-            return torch.where(pre > self.threshold.to(x.device)[units].reshape(-1, *([1] * (pre.ndim - 1))), pre,
-                               torch.zeros_like(pre))
-        return self._activate(pre, None, cutoff)
+            pre = pre + self.encoder_bias.to(x.device)[units].reshape(per_row)
+        threshold = self.threshold.to(x.device)[units].reshape(per_row) if self.threshold is not None else None
+        cutoff = self._cutoffs_of_centred(x) if self.activation == "topk" else None
+        return self._activate(pre, threshold, cutoff)
 
-    def _activate(self, pre: torch.Tensor, units: slice | None, cutoff: torch.Tensor | None) -> torch.Tensor:
+    def _activate(self, pre: torch.Tensor, threshold: torch.Tensor | None, cutoff: torch.Tensor | None) -> torch.Tensor:
+        """The activation on pre-activations; `threshold` and `cutoff` already broadcast against `pre`."""
         if self.activation == "relu":
             return pre.clamp_min(0)
         if self.activation == "jumprelu":
-            assert self.threshold is not None and units is not None
-            return torch.where(pre > self.threshold[units].to(pre.device), pre, torch.zeros_like(pre))
+            assert threshold is not None
+            return torch.where(pre > threshold.to(pre.device), pre, torch.zeros_like(pre))
         if self.activation == "topk":
             if cutoff is None:
                 raise BasisError(f"basis {self.source}: a topk slice needs its cutoffs (topk_cutoffs)")
-            keep = pre > (cutoff if units is None else cutoff[..., None])
-            return torch.where(keep, pre.clamp_min(0), torch.zeros_like(pre))
+            return torch.where(pre > cutoff, pre.clamp_min(0), torch.zeros_like(pre))
         return pre
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

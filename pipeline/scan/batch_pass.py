@@ -79,17 +79,11 @@ class BatchPass:
     def _reduce_basis(self, name: str, channels: torch.Tensor) -> Reduced:
         """A basis's units at every position, encoded and reduced a chunk of units at a time, so a
         wide SAE never holds (images x latents x positions) at once."""
-        basis = self.bases[name]
-        vectors = channels.transpose(1, 2)  # (B, P, C)
-        cutoff = basis.topk_cutoffs(vectors) if basis.activation == "topk" else None
         low, _ = self.ranges[name]
-        step = basis.units_per_chunk(vectors.shape[0] * vectors.shape[1])
         parts = []
-        for start in range(0, basis.units, step):
-            stop = min(start + step, basis.units)
-            flat = basis.encode_slice(vectors, start, stop, cutoff).transpose(1, 2).contiguous()  # (B, units, P)
+        for start, stop, values in self.bases[name].encode_chunks(channels.transpose(1, 2)):  # (B, P, units)
             floors = self.state.floors(low + start, low + stop, self._ranks) if self.lazy_positions else None
-            parts.append(reduce_activation(flat, floors))
+            parts.append(reduce_activation(values.transpose(1, 2).contiguous(), floors))
         return parts[0] if len(parts) == 1 else concat(parts)
 
     def run(self, capture, batch: Batch, device: torch.device, pad_to: int | None) -> None:

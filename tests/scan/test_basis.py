@@ -177,6 +177,13 @@ def test_chunked_and_per_unit_encodings_match_the_whole_encoding(activation, mon
     cutoff = basis.topk_cutoffs(x) if activation == "topk" else None
     chunks = torch.cat([basis.encode_slice(x, s, min(s + 2, 9), cutoff) for s in range(0, 9, 2)], dim=-1)
     torch.testing.assert_close(chunks, whole, rtol=1e-6, atol=1e-6)
+    streamed = list(basis.encode_chunks(x))
+    assert [(a, b) for a, b, _ in streamed] == [(s, min(s + 2, 9)) for s in range(0, 9, 2)]
+    torch.testing.assert_close(torch.cat([v for _, _, v in streamed], dim=-1), whole, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(basis_module, "CHUNK_VALUES", 1 << 26)  # one chunk: pre-activations computed once
+    [(start, stop, single)] = list(basis.encode_chunks(x))
+    assert (start, stop) == (0, 9)
+    torch.testing.assert_close(single, whole, rtol=1e-6, atol=1e-6)
     units = torch.tensor([4, 0])
     torch.testing.assert_close(basis.encode_units(x, units), whole[torch.arange(2), :, units], rtol=1e-6, atol=1e-6)
 
