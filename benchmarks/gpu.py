@@ -7,9 +7,10 @@ For torchvision GoogLeNet (InceptionV1) at `inception4a_pre_relu`, on the fastes
    forward stopped after the layer: exactly the work of one render step per image), at the
    largest batch.
 2. **Renders**: `render_units` unit-steps/s at each unit batch, for each speed option (fp32,
-   bf16 autocast, channels_last, both), measured as the difference between a long and a short
-   render so set-up and the final measurement cancel; and as a ratio to (1). The options' pictures
-   are compared with fp32's (mean absolute difference, 0..255).
+   bf16 autocast, channels_last, both, and those compiled with torch.compile: "reduce-overhead",
+   i.e. inductor plus CUDA graphs, on CUDA), measured as the difference between a long and a
+   short render so set-up, compile and the final measurement cancel; and as a ratio to (1). The
+   options' pictures are compared with fp32's (mean absolute difference, 0..255).
 3. **Scan**: images/s of a scan of every Lucid layer (top/bottom-k, exact statistics, sketch) on
    decoded batches, as a ratio to the plain forward rate to the deepest layer; and the JPEG decode
    rate on the CPU (Pillow, the loader's path, per worker) and, on CUDA, with
@@ -55,8 +56,11 @@ LAYER = "inception4a_pre_relu"
 #: Lucid's InceptionV1 layers (conv2d0..2, mixed3a..5b), by their torchvision names.
 LUCID_LAYERS = ["conv1", "conv2", "conv3"] + [f"inception{b}_pre_relu" for b in
                                                ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")]
-OPTIONS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "channels_last": ("fp32", True),
-           "bf16+channels_last": ("bf16", True)}
+#: Render options: (precision, channels_last, compiled). Compiled rows use torch.compile's
+#: "reduce-overhead" mode on CUDA (inductor plus CUDA graphs) and "default" on a CPU.
+OPTIONS = {"fp32": ("fp32", False, False), "bf16": ("bf16", False, False), "channels_last": ("fp32", True, False),
+           "bf16+channels_last": ("bf16", True, False), "channels_last+compile": ("fp32", True, True),
+           "bf16+channels_last+compile": ("bf16", True, True)}
 ATLAS_STEPS = 512
 ATLAS_IMAGES = 1_281_167
 
@@ -69,10 +73,14 @@ class Sizes:
     scan_images: int
     scan_batch: int
     decode_images: int
+    compile_batches: tuple[int, ...] = ()  # batches the compiled rows run at (empty: all)
+    compiled_rows: tuple[str, ...] = ()  # which compiled options run (empty: all)
 
 
 FULL = Sizes(size=224, batches=(8, 16, 32, 64, 128), steps=24, scan_images=1024, scan_batch=128, decode_images=512)
-SMOKE = Sizes(size=64, batches=(2, 4), steps=3, scan_images=16, scan_batch=8, decode_images=8)
+#: Smoke: one compiled row at the largest batch only (each compile takes 20 to 40 s on a CPU).
+SMOKE = Sizes(size=64, batches=(2, 4), steps=3, scan_images=16, scan_batch=8, decode_images=8, compile_batches=(4,),
+              compiled_rows=("channels_last+compile",))
 
 
 def synchronize(device: torch.device) -> None:
@@ -111,17 +119,27 @@ def forward_rate(model: LoadedModel, layer: str, batch: int, size: int, repeats:
     return batch / best
 
 
-def render_rate(model: LoadedModel, batch: int, sizes: Sizes, precision: str, channels_last: bool
-                ) -> tuple[float, np.ndarray]:
-    """Unit-steps/s of `render_units` at `batch` units (long minus short render), and the long render's pictures."""
+def compile_mode(device: torch.device) -> str:
+    """The torch.compile mode of the compiled rows: CUDA graphs where there is CUDA."""
+    return "reduce-overhead" if device.type == "cuda" else "default"
+
+
+def render_rate(model: LoadedModel, batch: int, sizes: Sizes, precision: str, channels_last: bool,
+                compiled: bool = False) -> tuple[float, np.ndarray]:
+    """Unit-steps/s of `render_units` at `batch` units (long minus short render), and the long render's pictures.
+
+    The redirected ReLU (Lucid's first 16 steps, which always run eagerly) is off here, so every
+    timed step is the steady-state step that makes up 97% of a 512-step render.
+    """
     threads = torch.get_num_threads()
+    mode = compile_mode(model.device) if compiled else "off"
 
     def run(steps: int) -> np.ndarray:
         settings = RenderSettings(size=sizes.size, steps=steps, precision=precision, channels_last=channels_last,
-                                  threads=threads)
+                                  threads=threads, compile=mode, redirected_relu=False)
         return render_units(model, LAYER, range(batch), "channel", settings, images_per_step=batch).images
 
-    run(1)  # warm-up
+    run(2)  # warm-up: kernel selection, and for compiled rows the compile (once per batch shape)
     short = timed(lambda: run(1), model.device)
     pictures: list[np.ndarray] = []
     long = timed(lambda: pictures.append(run(1 + sizes.steps)), model.device)
@@ -200,19 +218,25 @@ def main() -> None:
     print(f"\n(1) limit: forward+backward to {LAYER}, batch {max(sizes.batches)}: {limit:,.1f} images/s")
 
     print(f"\n(2) renders of {LAYER} (channel kind): unit-steps/s, and / limit")
-    print(f"{'option':>20} " + " ".join(f"{'batch ' + str(b):>18}" for b in sizes.batches) + "   max |diff| vs fp32")
+    print(f"{'option':>26} " + " ".join(f"{'batch ' + str(b):>18}" for b in sizes.batches) + "   max |diff| vs fp32")
     best = 0.0
     reference: dict[int, np.ndarray] = {}
-    for option, (precision, channels_last) in OPTIONS.items():
+    for option, (precision, channels_last, compiled) in OPTIONS.items():
         cells, diffs = [], []
         for batch in sizes.batches:
-            rate, pictures = render_rate(model, batch, sizes, precision, channels_last)
+            skipped_row = sizes.compiled_rows and option not in sizes.compiled_rows
+            if compiled and (skipped_row or (sizes.compile_batches and batch not in sizes.compile_batches)):
+                cells.append("-")
+                continue
+            rate, pictures = render_rate(model, batch, sizes, precision, channels_last, compiled)
             reference.setdefault(batch, pictures)
             diffs.append(float(np.abs(pictures.astype(np.int16) - reference[batch]).mean()))
             cells.append(f"{rate:9,.1f} ({rate / limit:4.2f}x)")
             best = max(best, rate)
-        print(f"{option:>20} " + " ".join(f"{c:>18}" for c in cells) + f"   {max(diffs):.2f} / 255")
-    print("    (torch.compile and CUDA graphs of the step are not implemented yet; not measured)")
+        difference = f"{max(diffs):.2f} / 255" if diffs else "-"
+        print(f"{option:>26} " + " ".join(f"{c:>18}" for c in cells) + f"   {difference}")
+    print(f"    (compiled rows: torch.compile mode '{compile_mode(device)}'"
+          f"{'; smoke: one row, largest batch only' if sizes.compile_batches else ''}; the compile itself is not timed)")
 
     scan = scan_rate(model, sizes)
     plain = forward_rate(model, LUCID_LAYERS[-1], sizes.scan_batch, sizes.size, repeats)

@@ -15,7 +15,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 from loupe.storage import checksums, layout
 from loupe.storage.errors import StorageError
@@ -127,6 +127,43 @@ class ObjectStore:
             got = {paths[0]: got}
         by_path = {self.fs._strip_protocol(p): v for p, v in got.items()}
         return {r: by_path[self.fs._strip_protocol(p)] for r, p in zip(rels, paths)}
+
+    def get_many_optional(self, rels: list[str]) -> dict[str, bytes | None]:
+        """Read many small objects concurrently; a missing one reads as None (one request each)."""
+        if not rels:
+            return {}
+        if self.location.is_local:
+            return {r: self.get_optional(r) for r in rels}
+        paths = [self.location.path(r) for r in rels]
+        try:
+            got = self.fs.cat(paths, on_error="return")
+        except Exception as exc:
+            raise self._fail("read objects under", "", exc) from exc
+        if len(paths) == 1 and not isinstance(got, dict):
+            got = {paths[0]: got}
+        by_path = {self.fs._strip_protocol(p): v for p, v in got.items()}
+        out: dict[str, bytes | None] = {}
+        for rel, path in zip(rels, paths):
+            value = by_path[self.fs._strip_protocol(path)]
+            if isinstance(value, FileNotFoundError):
+                value = None
+            elif isinstance(value, BaseException):
+                raise self._fail("read", rel, value) from value
+            out[rel] = value
+        return out
+
+    def put_many(self, objects: Mapping[str, bytes]) -> None:
+        """Write many small objects, concurrently on object stores (one request each)."""
+        if not objects:
+            return
+        if self.location.is_local:
+            for rel, data in objects.items():
+                self.put(rel, data)
+            return
+        try:
+            self.fs.pipe({self.location.path(rel): data for rel, data in objects.items()})
+        except Exception as exc:
+            raise self._fail("write objects under", "", exc) from exc
 
     def exists(self, rel: str) -> bool:
         try:

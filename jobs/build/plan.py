@@ -48,13 +48,17 @@ class RenderSpec:
     basis_digest: str = ""  # sha256 of the basis file; "" for channels
     param: str = "lucid"  # or "maco": phase-only over the dataset's magnitude spectrum
     spectrum_item: str = ""  # maco: the spectrum item whose partial holds the magnitude
+    precision: str = "fp32"  # or "bf16" (autocast): keyed, it changes the pictures slightly
+    compile: str = "off"  # torch.compile mode: speed only, never keyed
 
     stage: ClassVar[str] = "render"
 
     def key_fields(self) -> dict[str, Any]:
         fields = _without_empty(_without_empty(asdict(self), "basis_digest"), "spectrum_item")
-        if fields["param"] == "lucid":
-            del fields["param"]
+        del fields["compile"]
+        for name, default in (("param", "lucid"), ("precision", "fp32")):
+            if fields[name] == default:
+                del fields[name]
         return fields
 
     def inputs(self) -> tuple[str, ...]:
@@ -292,7 +296,8 @@ def plan_renders(model: ResolvedModel, spectra: list[WorkItem] = ()) -> list[Wor
                     layer=layer.key, kind=kind, units=tuple(block), units_per_item=settings.units_per_item,
                     size=settings.size, steps=settings.steps, seed=settings.seed,
                     images_per_unit=settings.images_per_unit if kind == "diversity" else 1,
-                    basis_digest=layer.basis_digest, param=settings.param,
+                    basis_digest=layer.basis_digest, param=settings.param, precision=settings.precision,
+                    compile=settings.compile,
                     spectrum_item=spectrum_of[settings.size] if settings.param == "maco" else "",
                 )
                 items.append(make_item(model.id, identity, spec, cost=len(block)))

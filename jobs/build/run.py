@@ -267,6 +267,11 @@ def _reuse_sources(state: AtlasState, own: str) -> list[str]:
 
 
 def _declare_arrays(writer: AtlasWriter, plan: BuildPlan) -> None:
+    with writer.declaring():
+        _declare_each_array(writer, plan)
+
+
+def _declare_each_array(writer: AtlasWriter, plan: BuildPlan) -> None:
     for model in plan.models:
         for layer in model.layers:
             for kind, settings in layer.render.items():

@@ -107,7 +107,8 @@ class ItemRunner:
 
         spec: RenderSpec = item.spec
         per_unit = spec.images_per_unit
-        settings = RenderSettings(size=spec.size, steps=spec.steps, images_per_unit=per_unit, param=spec.param)
+        settings = RenderSettings(size=spec.size, steps=spec.steps, images_per_unit=per_unit, param=spec.param,
+                                  precision=spec.precision, compile=spec.compile)
         basis = self.basis(spec.layer, spec.basis_digest)
         magnitude = None
         if spec.param == "maco":

@@ -14,6 +14,7 @@ import numpy as np
 from loupe.jobs.cli.models import add_model_arguments
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.featurevis.batch_units import KINDS, PARAMS, RenderSettings, render_units
+from loupe.pipeline.featurevis.engine import COMPILE_MODES, PRECISIONS
 from loupe.pipeline.featurevis.objectives import parse_unit
 from loupe.pipeline.models import Preprocessing, load_model
 from loupe.pipeline.models.sources import parse_source, torchvision_weight_names
@@ -48,6 +49,11 @@ def add_render_command(subparsers) -> None:
                         help="feature accentuation: start from this picture instead of noise")
     parser.add_argument("--accentuation-weight", type=float, default=0.0,
                         help="with --start-image: how strongly the render stays close to it (e.g. 10 to 1000)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="bf16: autocast the model to bfloat16 (faster on GPUs; pictures within a few grey levels)")
+    parser.add_argument("--compile", default="off", choices=COMPILE_MODES,
+                        help="torch.compile the model's step with this mode (reduce-overhead: also CUDA graphs on a GPU); "
+                             "the first step pays the compile time")
     parser.add_argument("--out", default=None, help="PNG to write (default: <layer>_<unit>.png)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.set_defaults(func=run_render)
@@ -83,7 +89,8 @@ def run_render(args: argparse.Namespace) -> int:
     model.unit(f"{layer}:{unit}")  # unknown layer or unit: a clear error before any work
     settings = RenderSettings(size=args.size, steps=args.steps, images_per_unit=args.images_per_unit,
                               param=args.param, transparency=args.transparency,
-                              accentuation_weight=args.accentuation_weight)
+                              accentuation_weight=args.accentuation_weight, precision=args.precision,
+                              compile=args.compile)
     start = _start_image(args.start_image, args.size) if args.start_image else None
     magnitude = _spectrum(args.spectrum_from, args.spectrum_images, args.size, model) if args.param == "maco" else None
     print(f"rendering {layer}:{unit} ({args.kind}, {args.param}) of {model.describe()}")

@@ -65,6 +65,7 @@ class RenderSettings:
     diversity_weight: float = 100.0
     precision: str = "fp32"
     channels_last: bool = True  # NHWC weights and input for the render: ~1.5x faster convs on CPU and GPU
+    compile: str = "off"  # torch.compile mode for the step ("default", "reduce-overhead": + CUDA graphs on CUDA)
     threads: int = 1  # CPU intra-op threads during the render: CPU sums depend on it (see numerics.py)
     param: str = "lucid"  # "lucid": FFT image (fft, decorrelate, sd, decay_power); "maco": needs `magnitude=`
     transparency: bool = False  # also return the transparency map (alpha) for lucid; maco always returns it
@@ -80,10 +81,14 @@ class RenderSettings:
             raise LoupeError(f"render setting param must be one of {', '.join(PARAMS)}, got '{self.param}'")
         if not self.accentuation_weight >= 0:
             raise LoupeError(f"render setting accentuation_weight must be >= 0, got {self.accentuation_weight}")
-        engine.Acceleration(self.precision, self.channels_last)  # validates precision
+        self.acceleration()  # validates precision and compile
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def acceleration(self) -> engine.Acceleration:
+        """The speed options these settings ask the engine for."""
+        return engine.Acceleration(self.precision, self.channels_last, compile=self.compile)
 
 
 @dataclass
@@ -283,7 +288,7 @@ def render_units(
     fixed_magnitude = _checked_magnitude(settings, magnitude)
     starts = _checked_starts(settings, start_images, len(unit_list), per_unit)
     transform = make_transform(transforms if transforms is not None else (None if settings.standard_transforms else []))
-    acceleration = engine.Acceleration(settings.precision, settings.channels_last)
+    acceleration = settings.acceleration()
     batches = _batches(unit_list, per_unit, images_per_step)
     inputs = _batch_inputs(batches, fixed_magnitude, starts)
     step_fn, close = make_progress(progress, settings.steps * len(batches), desc=f"{layer} {kind}")

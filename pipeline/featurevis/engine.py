@@ -27,20 +27,28 @@ from loupe.pipeline.featurevis.transforms import Compose
 from loupe.pipeline.models import LoadedModel, capture
 
 PRECISIONS = ("fp32", "bf16")
+#: `torch.compile` modes for the step (torch's own names), or "off" to run it eagerly.
+#: "reduce-overhead" adds CUDA graphs on CUDA (one replay per step instead of thousands of launches).
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+#: How many compiled variants of the model part one process keeps (layer sets x options).
+COMPILED_VARIANTS = 256
 ProgressFn = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
 class Acceleration:
-    """Speed options; both change numerics only slightly and are off unless asked for."""
+    """Speed options; each changes numerics only slightly and is off unless asked for."""
 
     precision: str = "fp32"  # "bf16": autocast the model's forward to bfloat16 (activations read back in fp32)
     channels_last: bool = False  # NHWC memory format for the model's weights and input (faster convs, CPU and GPU)
     affine_batchnorm: bool = True  # eval-mode batch norms as one multiply-add (same values, cheaper backward)
+    compile: str = "off"  # torch.compile the model's forward and backward in each step with this mode (COMPILE_MODES)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise LoupeError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
+        if self.compile not in COMPILE_MODES:
+            raise LoupeError(f"compile must be one of {', '.join(COMPILE_MODES)}, got '{self.compile}'")
 
 
 def check_thresholds(thresholds: Iterable[int]) -> list[int]:
@@ -91,9 +99,20 @@ class ForwardSession:
         self.input_size = fixed_input_size(model.module)
         self._stack = contextlib.ExitStack()
         self._capture = None
+        #: The model part compiled once per session (shapes are fixed during a render) and replayed at
+        #: every step; the redirected-ReLU steps (a custom autograd function inside a torch-function
+        #: mode, which dynamo cannot trace as one graph) and calls under no_grad run eagerly.
+        self._compiled = None
+        if acceleration.compile != "off":
+            self._compiled = torch.compile(self._run_model, mode=acceleration.compile, fullgraph=True, dynamic=False)
 
     def __enter__(self) -> "ForwardSession":
         try:
+            if self._compiled is not None:
+                # Each (layer set, precision, memory format) is one cached graph of `_run_model`; a
+                # worker renders many layers of a model, more than dynamo's default of 8 variants
+                # before it silently falls back to eager.
+                self._stack.enter_context(torch._dynamo.config.patch(recompile_limit=COMPILED_VARIANTS))
             if self.acceleration.channels_last:
                 self._stack.enter_context(_channels_last(self.model.module))
             if self.layers:
@@ -111,19 +130,25 @@ class ForwardSession:
         """Activations of `x` (transformed image, RGB in [0, 1]) plus `image` itself as the "input" pseudo-layer."""
         values: dict[str, torch.Tensor] = {INPUT: image}
         if self._capture is not None:
-            x = fit_input(x, self.input_size)
-            if self.acceleration.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with contextlib.ExitStack() as stack:
-                if self.acceleration.affine_batchnorm:
-                    stack.enter_context(AffineBatchNormMode())
-                if redirect:
-                    stack.enter_context(RedirectedReLUMode())
-                if self.acceleration.precision == "bf16":
-                    stack.enter_context(torch.autocast(device_type=x.device.type, dtype=torch.bfloat16))
-                acts = self._capture.run(x)
-            values.update({name: t.float() for name, t in acts.items()})
+            compiled = self._compiled is not None and not redirect and torch.is_grad_enabled()
+            run = self._compiled if compiled else self._run_model
+            values.update(run(x, redirect))
         return Activations(values, self.layouts, self.model.categories)
+
+    def _run_model(self, x: torch.Tensor, redirect: bool) -> dict[str, torch.Tensor]:
+        """The model part of a call: resize, memory format, torch-function modes, autocast, capture."""
+        x = fit_input(x, self.input_size)
+        if self.acceleration.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        bf16 = self.acceleration.precision == "bf16"
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16), \
+                contextlib.ExitStack() as stack:  # autocast outside the stack: dynamo traces it only as a `with`
+            if self.acceleration.affine_batchnorm:
+                stack.enter_context(AffineBatchNormMode())
+            if redirect:
+                stack.enter_context(RedirectedReLUMode())
+            acts = self._capture.run(x)
+        return {name: t.float() for name, t in acts.items()}
 
 
 @contextlib.contextmanager
@@ -184,5 +209,5 @@ def step_uniforms(
     return torch.stack(per_element, dim=1).to(device)
 
 
-__all__ = ["Acceleration", "ForwardSession", "check_thresholds", "fit_input", "fixed_input_size", "optimize",
+__all__ = ["COMPILE_MODES", "Acceleration", "ForwardSession", "check_thresholds", "fit_input", "fixed_input_size", "optimize",
            "step_uniforms"]

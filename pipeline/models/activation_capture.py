@@ -59,6 +59,7 @@ class ActivationCapture:
                 if info.is_composite:
                     self._composite_of.setdefault(atom, []).append(info.name)
         self._handles: list = []
+        self._active = False  # a plain flag: run() never touches the hook handles (torch.compile can't)
         self._reset()
 
     def _reset(self) -> None:
@@ -71,6 +72,7 @@ class ActivationCapture:
         modules = dict(self.model.module.named_modules())
         for path in self._targets:
             self._handles.append(modules[path].register_forward_hook(self._hook_for(path)))
+        self._active = True
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -78,6 +80,7 @@ class ActivationCapture:
 
     def close(self) -> None:
         """Remove every hook this capture installed (idempotent)."""
+        self._active = False
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -114,7 +117,7 @@ class ActivationCapture:
 
     def run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward `images` (RGB in [0, 1]) until every requested layer is read; returns name -> tensor."""
-        if not self._handles:
+        if not self._active:
             raise RuntimeError("ActivationCapture.run called outside its `with` block")
         self._reset()
         try:

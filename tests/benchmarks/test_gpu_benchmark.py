@@ -29,6 +29,10 @@ def test_the_smoke_benchmark_reports_every_figure():
             assert float(ratio) == pytest.approx(float(rate.replace(",", "")) / limit, abs=0.01)
         difference = float(re.search(r"([\d.]+) / 255", row.group(1)).group(1))
         assert difference <= (0.01 if option == "fp32" else 8.0), "options keep the pictures within tolerance"
+    compiled = re.search(r"^\s+channels_last\+compile\s+-\s+([\d,.]+) \(([\d.]+)x\)\s+([\d.]+) / 255$", out, re.M)
+    assert compiled, "the compiled row runs at the largest batch in smoke mode"
+    assert float(compiled.group(2)) == pytest.approx(float(compiled.group(1).replace(",", "")) / limit, abs=0.01)
+    assert float(compiled.group(3)) <= 0.5, "compiling keeps channels_last's pictures (within float rounding)"
     scan = re.search(r"\(3\) scan of 12 Lucid layers, batch 8: ([\d,.]+) images/s = ([\d.]+)x the plain forward "
                      r"\(([\d,.]+) images/s\)", out)
     assert scan and float(scan.group(2)) == pytest.approx(

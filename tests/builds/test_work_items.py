@@ -82,3 +82,24 @@ def test_receptive_fields_are_probed_by_a_work_item_once_never_by_the_driver(tmp
     config["scan"]["k"] = 2  # new scan items: the saved fields are reused, nothing is probed again
     second = run_build(parse(config), executor="local", progress=False, log=lambda _: None)
     assert second.published and len(probes) == 1
+
+
+def test_how_a_render_runs_is_not_keyed_but_its_precision_is(tmp_path, images):
+    def render_keys(root, **channel) -> dict[tuple, str]:
+        config = tiny_config(str(root / "atlas"), str(images))
+        config["render"]["channel"].update(channel)
+        built = make_plan(parse_config(config), device="cpu")
+        return {(i.spec.layer, i.spec.kind, i.spec.units): i.key
+                for items in built.items.values() for i in items if i.stage == "render"}
+
+    base = render_keys(tmp_path / "a")
+    spec = RenderSpec("layer2", "channel", (0, 1), 2, 32, 3, 0)
+    assert set(spec.key_fields()) == {"layer", "kind", "units", "units_per_item", "size", "steps", "seed",
+                                      "images_per_unit"}, "defaults leave existing atlases' keys as they were"
+    assert render_keys(tmp_path / "b", compile="reduce-overhead") == base
+    bf16 = render_keys(tmp_path / "c", precision="bf16")
+    assert bf16.keys() == base.keys()
+    assert all(bf16[k] != base[k] for k in base if k[1] == "channel")
+    with pytest.raises(Exception, match=r"render\.channel\.compile"):
+        parse_config({**tiny_config(str(tmp_path / "d"), str(images)),
+                      "render": {"channel": {"compile": "fast"}}})

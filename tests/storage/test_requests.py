@@ -41,3 +41,30 @@ def test_a_render_item_writes_one_put_per_object_and_no_reads(s3_target):
             item.write_render_block("net", "conv1", "channel", 4, np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4))
     methods = [m for m, _, _ in requests.sent]
     assert methods == ["PUT", "PUT", "PUT"]  # images shard, objective chunk, completion record
+
+
+def test_declaring_many_arrays_is_two_concurrent_rounds_not_two_requests_each(s3_target):
+    """Declarations in `writer.declaring()` are read and written together, and say the same as one by one."""
+    writer = AtlasWriter.create(s3_target.url, storage_options=s3_target.options)
+    layers = [f"layer{i}" for i in range(12)]
+
+    def declare_all(w: AtlasWriter) -> None:
+        for layer in layers:
+            w.declare_renders("net", layer, "channel", n_units=8, height=8, width=8, units_per_shard=4)
+
+    with S3Requests() as requests, writer.declaring():
+        declare_all(writer)
+        assert requests.sent == [], "nothing is sent inside the block"
+    methods = [m for m, _, _ in requests.sent]
+    assert methods.count("PUT") == 2 * len(layers) and methods.count("GET") == 2 * len(layers)
+    again = AtlasWriter.resume(s3_target.url, writer.version, s3_target.options)
+    with S3Requests() as requests, again.declaring():
+        declare_all(again)  # the same arrays again: read, found equal, nothing written
+    assert [m for m, _, _ in requests.sent].count("PUT") == 0
+    with pytest.raises(Exception, match="already declared with a different shape"):
+        with again.declaring():
+            again.declare_renders("net", "layer3", "channel", n_units=9, height=8, width=8, units_per_shard=4)
+    with pytest.raises(Exception, match="already declared with a different shape"):
+        with again.declaring():
+            again.declare_renders("net", "new", "channel", n_units=8, height=8, width=8, units_per_shard=4)
+            again.declare_renders("net", "new", "channel", n_units=9, height=8, width=8, units_per_shard=4)

@@ -77,6 +77,15 @@ def test_get_many_reads_every_object_and_fails_on_a_missing_one(store):
         store.get_many(["many/0", "many/missing"])
 
 
+def test_put_many_writes_every_object_and_get_many_optional_reads_missing_as_none(store):
+    store.put_many({f"batch/{i}/zarr.json": f"meta {i}".encode() for i in range(6)})
+    store.put_many({})
+    got = store.get_many_optional(["batch/5/zarr.json", "batch/none/zarr.json", "batch/0/zarr.json"])
+    assert got == {"batch/5/zarr.json": b"meta 5", "batch/none/zarr.json": None, "batch/0/zarr.json": b"meta 0"}
+    assert store.get_many_optional(["batch/3/zarr.json"]) == {"batch/3/zarr.json": b"meta 3"}
+    assert store.get_many_optional([]) == {}
+
+
 def test_listing_is_recursive_relative_to_the_root_with_sizes(store):
     store.put("d/one", b"1")
     store.put("d/sub/two", b"22")

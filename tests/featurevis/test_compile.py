@@ -1,0 +1,63 @@
+"""`RenderSettings.compile`: the model part of each step compiled with torch.compile gives the
+same pictures as eager (within a stated tolerance), compiles once per layer, and is validated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch._dynamo
+
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.featurevis import RenderSettings, render_units
+
+from .fv_helpers import natural_magnitude
+
+#: Tolerance of a compiled render against eager, after the whole optimization: inductor fuses the
+#: element-wise ops (batch norm, ReLU, their gradients), which may change float rounding.
+MEAN_GREY_LEVELS = 0.5
+ACTIVATION_RTOL = 1e-3
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def settings(**kw) -> RenderSettings:
+    return RenderSettings(**{"size": 32, "steps": 24, "threads": 1, **kw})
+
+
+@pytest.mark.parametrize("kind,param,precision", [("channel", "lucid", "fp32"), ("neuron", "lucid", "fp32"),
+                                                  ("diversity", "lucid", "fp32"), ("channel", "maco", "fp32"),
+                                                  ("channel", "lucid", "bf16")])
+def test_compiled_renders_equal_eager_within_tolerance(tiny, kind, param, precision):
+    magnitude = natural_magnitude(32) if param == "maco" else None
+    kw = dict(images_per_unit=2, param=param, precision=precision)
+    eager = render_units(tiny, "block", [1, 5, 7], kind, settings(**kw), images_per_step=4, magnitude=magnitude)
+    compiled = render_units(tiny, "block", [1, 5, 7], kind, settings(compile="default", **kw), images_per_step=4,
+                            magnitude=magnitude)
+    difference = np.abs(eager.images.astype(np.int16) - compiled.images.astype(np.int16))
+    assert difference.mean() <= MEAN_GREY_LEVELS, difference.mean()
+    np.testing.assert_allclose(compiled.activations, eager.activations, rtol=ACTIVATION_RTOL, atol=1e-4)
+    if param == "maco":
+        assert np.abs(compiled.alpha.astype(np.float32) - eager.alpha.astype(np.float32)).mean() < 0.01
+
+
+def test_the_model_part_compiles_once_per_layer_across_batches_and_calls(tiny):
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    for _ in range(2):  # two calls, three batches each
+        render_units(tiny, "block", range(6), "channel", settings(steps=20, compile="default"), images_per_step=2)
+    first = counters["stats"]["unique_graphs"]
+    assert first == 1, dict(counters["stats"])
+    render_units(tiny, "mid", range(4), "channel", settings(steps=20, compile="default"), images_per_step=2)
+    assert counters["stats"]["unique_graphs"] == 2, "a new layer is one more graph"
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_an_unknown_compile_mode_is_refused_naming_the_setting():
+    with pytest.raises(LoupeError, match="compile must be one of off, default, reduce-overhead, max-autotune"):
+        RenderSettings(compile="fast")
