@@ -12,9 +12,11 @@ For torchvision GoogLeNet (InceptionV1) at `inception4a_pre_relu`, on the fastes
    short render so set-up, compile and the final measurement cancel; and as a ratio to (1). The
    options' pictures are compared with fp32's (mean absolute difference, 0..255).
 3. **Scan**: images/s of a scan of every Lucid layer (top/bottom-k, exact statistics, sketch) on
-   decoded batches, as a ratio to the plain forward rate to the deepest layer; and the JPEG decode
+   decoded batches, as a ratio to the plain forward rate to the deepest layer; the JPEG decode
    rate on the CPU (Pillow, the loader's path, per worker) and, on CUDA, with
-   `torchvision.io.decode_jpeg(device="cuda")`, as images/s.
+   `torchvision.io.decode_jpeg(device="cuda")`, as images/s; and whole scans from JPEG files
+   through the loader (`scan_dataset`) with Pillow workers (one per core, at most 16) and with
+   `decode: device` (nvJPEG on CUDA), each as a ratio to the plain forward.
 4. **Projection**: hours for every unit of every Lucid layer (channel kind, 512 steps, best batch;
    each layer's rate scaled by its own forward+backward cost) plus a 1.28M-image scan.
 
@@ -75,12 +77,13 @@ class Sizes:
     decode_images: int
     compile_batches: tuple[int, ...] = ()  # batches the compiled rows run at (empty: all)
     compiled_rows: tuple[str, ...] = ()  # which compiled options run (empty: all)
+    loader_workers: int = 0  # Pillow decoding processes for the scan from files (0: one per core, at most 16)
 
 
 FULL = Sizes(size=224, batches=(8, 16, 32, 64, 128), steps=24, scan_images=1024, scan_batch=128, decode_images=512)
 #: Smoke: one compiled row at the largest batch only (each compile takes 20 to 40 s on a CPU).
 SMOKE = Sizes(size=64, batches=(2, 4), steps=3, scan_images=16, scan_batch=8, decode_images=8, compile_batches=(4,),
-              compiled_rows=("channels_last+compile",))
+              compiled_rows=("channels_last+compile",), loader_workers=1)
 
 
 def synchronize(device: torch.device) -> None:
@@ -164,6 +167,30 @@ def scan_rate(model: LoadedModel, sizes: Sizes) -> float:
     return sizes.scan_images / seconds
 
 
+def loader_scan_rates(model: LoadedModel, sizes: Sizes, files: list[bytes], workers: int) -> dict[str, float]:
+    """Images/s of whole scans of every Lucid layer from JPEG files on disk, through the loader:
+    Pillow in `workers` processes, and decoding on the model's device (nvJPEG on CUDA)."""
+    import tempfile
+
+    from loupe.pipeline.data import LoaderOptions, list_images
+    from loupe.pipeline.scan import scan_dataset
+
+    scanner = Scanner(model, LUCID_LAYERS, ScanOptions(k=16, pooled=False))
+    scanner.receptive_fields  # noqa: B018 - probed once per model, as every worker does
+    rates = {}
+    with tempfile.TemporaryDirectory(prefix="loupe-gpu-bench-") as folder:
+        for index, data in enumerate(files):
+            Path(folder, f"img{index:07d}.jpg").write_bytes(data)
+        listing = list_images(folder)
+        for decode, label in (("pillow", f"cpu decode (Pillow, {workers} workers)"),
+                              ("device", f"{model.device.type} decode (torchvision.io.decode_jpeg)")):
+            loader = LoaderOptions(images_per_batch=sizes.scan_batch, workers=workers, decode=decode)
+            scan_dataset(model, listing.slice(0, sizes.scan_batch), scanner, loader=loader)  # warm-up
+            seconds = timed(lambda: scan_dataset(model, listing, scanner, loader=loader), model.device)
+            rates[label] = len(files) / seconds
+    return rates
+
+
 def jpeg_files(count: int, rng: np.random.Generator) -> list[bytes]:
     """ImageNet-like JPEGs (500 x 375, quality 90) of smooth random content."""
     out = []
@@ -242,9 +269,12 @@ def main() -> None:
     plain = forward_rate(model, LUCID_LAYERS[-1], sizes.scan_batch, sizes.size, repeats)
     print(f"\n(3) scan of {len(LUCID_LAYERS)} Lucid layers, batch {sizes.scan_batch}: {scan:,.1f} images/s = "
           f"{scan / plain:.2f}x the plain forward ({plain:,.1f} images/s)")
-    for path, rate in decode_rates(jpeg_files(sizes.decode_images, np.random.default_rng(1)), sizes.size,
-                                   device).items():
+    files = jpeg_files(max(sizes.decode_images, sizes.scan_images), np.random.default_rng(1))
+    for path, rate in decode_rates(files[:sizes.decode_images], sizes.size, device).items():
         print(f"    JPEG decode {path}: {rate:,.1f} images/s")
+    workers = sizes.loader_workers or min(16, os.cpu_count() or 1)
+    for path, rate in loader_scan_rates(model, sizes, files[:sizes.scan_images], workers).items():
+        print(f"    scan from JPEG files, {path}: {rate:,.1f} images/s = {rate / plain:.2f}x the plain forward")
 
     cost = {layer: 1.0 / forward_backward_rate(model, layer, max(sizes.batches), sizes.size, repeats)
             for layer in LUCID_LAYERS}

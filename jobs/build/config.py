@@ -234,6 +234,9 @@ class ScanConfig(_Strict):
     images_per_batch: int = Field(default=64, ge=1, le=8192, description="images per forward pass")
     image_size: int | None = Field(default=None, ge=8, description="default: the model's input size")
     decode_workers: int = Field(default=2, ge=0, le=64)
+    decode: Literal["pillow", "device"] = Field(
+        default="pillow", description="pillow: decode in the worker processes (bit-exact); device: JPEGs decoded on "
+                                      "the model's device (nvJPEG on a GPU), within a grey level of Pillow, so keyed")
     pooled_activations: bool = True
     examples: ExamplesConfig = ExamplesConfig()
 

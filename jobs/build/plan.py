@@ -115,12 +115,15 @@ class ScanSpec:
     decode_workers: int  # likewise
     basis_digests: tuple[str, ...] = ()  # per entry of `layers`: its basis file's sha256, "" for channels
     fields_item: str = ""  # the fields item this scan waits for while the saved fields are missing: not keyed
+    decode: str = "pillow"  # or "device": changes the pixels slightly, so keyed when not the default
 
     stage: ClassVar[str] = "scan"
 
     def key_fields(self) -> dict[str, Any]:
         fields = asdict(self)
         del fields["images_per_batch"], fields["decode_workers"], fields["fields_item"]
+        if fields["decode"] == "pillow":
+            del fields["decode"]
         return _without_empty(fields, "basis_digests")
 
     def inputs(self) -> tuple[str, ...]:

@@ -49,7 +49,7 @@ def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write
             layers=layers, k=scan.k, listing=listing.fingerprint, chunk_images=per_chunk,
             pooled=scan.pooled_activations, shard_index=index, shard_count=len(ranges), start=start, stop=stop,
             images_per_batch=scan.images_per_batch, decode_workers=scan.decode_workers,
-            basis_digests=digests if any(digests) else (), fields_item=fields.key,
+            basis_digests=digests if any(digests) else (), fields_item=fields.key, decode=scan.decode,
         ), cost=stop - start)
         for index, (start, stop) in enumerate(ranges)
     ]

@@ -113,7 +113,8 @@ def _run_scan(runner, item: WorkItem) -> dict[str, Any]:
 
         result = scan_dataset(
             runner.model, shard, runner._scanner,
-            loader=LoaderOptions(images_per_batch=spec.images_per_batch, workers=spec.decode_workers),
+            loader=LoaderOptions(images_per_batch=spec.images_per_batch, workers=spec.decode_workers,
+                                 decode=spec.decode),
             storage_options=context.get("dataset_storage_options"),
             on_chunk=write_chunk if spec.pooled else None,
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from loupe.jobs.cli.models import add_model_arguments, print_table
-from loupe.pipeline.data import LoaderOptions, list_images
+from loupe.pipeline.data import DECODERS, LoaderOptions, list_images
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.models import LoadedModel, Preprocessing, load_model
 from loupe.pipeline.scan import ScanOptions, ScanProgress, ScanResult, Scanner, scan_dataset
@@ -43,6 +43,9 @@ def add_scan_command(subparsers) -> None:
     parser.add_argument("--id-column", default=None, help="Parquet column holding image ids")
     parser.add_argument("--storage-options", default=None, metavar="JSON",
                         help='fsspec options for the dataset URL, e.g. \'{"anon": true}\'')
+    parser.add_argument("--decode", default="pillow", choices=DECODERS,
+                        help="pillow: decode in --workers processes (default); device: JPEGs on the model's device "
+                             "(nvJPEG on a GPU), within a grey level of Pillow")
     parser.add_argument("--show", type=int, default=3, help="units per layer whose examples are printed (default 3)")
     parser.add_argument("--out", default=None, help="also write units/examples/skipped tables as Parquet here")
     parser.set_defaults(func=run_scan)
@@ -54,7 +57,7 @@ def run_scan(args: argparse.Namespace) -> int:
         raise LoupeError("--layers names no layer (e.g. --layers features.10,features.14)")
     storage_options = _storage_options(args.storage_options)
     options = ScanOptions(k=args.k, pooled=False)
-    loader = LoaderOptions(images_per_batch=args.images_per_batch, workers=args.workers)
+    loader = LoaderOptions(images_per_batch=args.images_per_batch, workers=args.workers, decode=args.decode)
     model = _load(args)
     scanner = Scanner(model, layers, options)  # unknown layers fail here, before listing a bucket
     listing = list_images(args.dataset, storage_options=storage_options, format=args.format,

@@ -4,6 +4,11 @@ Each work item is a whole batch of consecutive images, so one worker fetches its
 (concurrent requests on object stores, one row-group read for Parquet) and decodes them with
 Pillow. Images that cannot be read or decoded are returned as skipped, with id and reason,
 never as an exception: one bad file must not stop a scan of millions.
+
+With `LoaderOptions(decode="device")` workers only read bytes and route them: plain JPEGs travel
+as bytes and are decoded together in this process on the model's device (`device_decode`),
+everything else is decoded by Pillow in the worker, and a JPEG the device decoder rejects gets
+Pillow here; batches then arrive already on the device.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from loupe.pipeline.data.listing import FOLDER, Listing
 from loupe.pipeline.data.sources import filesystem, is_local_filesystem
 
 
+#: Where images are decoded: Pillow in the worker processes (bit-exact, the default), or the model's device.
+DECODERS = ("pillow", "device")
+
+
 @dataclass(frozen=True)
 class LoaderOptions:
     """How images are fed: batch size, decoding worker processes (0 = decode in this process)."""
@@ -31,6 +40,7 @@ class LoaderOptions:
     workers: int = 2
     prefetch_batches: int = 2
     multiprocessing_context: str | None = None
+    decode: str = "pillow"  # or "device": JPEGs decoded on the model's device (see the module docstring)
 
     def __post_init__(self) -> None:
         for name in ("images_per_batch", "prefetch_batches"):
@@ -39,6 +49,8 @@ class LoaderOptions:
                 raise DatasetError(f"loader.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise DatasetError(f"loader.workers must be an integer >= 0, got {self.workers!r}")
+        if self.decode not in DECODERS:
+            raise DatasetError(f"loader.decode must be one of {', '.join(map(repr, DECODERS))}, got {self.decode!r}")
 
 
 @dataclass(frozen=True)
@@ -214,13 +226,14 @@ class _BatchDataset(Dataset):
     """Item i = decoded batch i of the listing (consecutive positions)."""
 
     def __init__(self, listing: Listing, input_size: int, resize_size: int, batch_size: int,
-                 storage_options: Mapping[str, Any] | None) -> None:
+                 storage_options: Mapping[str, Any] | None, decode: str = "pillow") -> None:
         self.reader = ImageReader(listing, storage_options)
         self.listing = listing
         self.input_size = input_size
         self.resize_size = resize_size
         self.batch_size = batch_size
         self.keys = listing.keys
+        self.decode = decode
 
     def __len__(self) -> int:
         return -(-len(self.listing) // self.batch_size)
@@ -229,6 +242,8 @@ class _BatchDataset(Dataset):
         lo = index * self.batch_size
         hi = min(lo + self.batch_size, len(self.listing))
         local = np.arange(lo, hi, dtype=np.int64)
+        if self.decode == "device":
+            return self._routed(self.reader.read(local), local, lo, hi)
         images, kept, skipped, _ = decode_contents(self.reader.read(local), local, self.input_size, self.resize_size)
         kept_array = np.asarray(kept, dtype=np.int64)
         skipped_ids = self.listing.ids([s[0] for s in skipped]) if skipped else []
@@ -243,6 +258,76 @@ class _BatchDataset(Dataset):
             "skipped": [(self.listing.start + o, i, r) for (o, r), i in zip(skipped, skipped_ids)],
         }
 
+    def _routed(self, contents: list, local: np.ndarray, lo: int, hi: int) -> dict:
+        """A worker's half of device decoding: plain JPEGs stay bytes (packed into one tensor, so a
+        batch crosses processes as a few shared-memory blocks), everything else is decoded here."""
+        from loupe.pipeline.data.device_decode import jpeg_orientation
+
+        jpegs, jpeg_offsets, orientations, other, other_offsets = [], [], [], [], []
+        for offset, content in zip(local.tolist(), contents):
+            orientation = jpeg_orientation(content) if isinstance(content, (bytes, bytearray)) else None
+            if orientation is None:
+                other.append(content)
+                other_offsets.append(offset)
+            else:
+                jpegs.append(content)
+                jpeg_offsets.append(offset)
+                orientations.append(orientation)
+        images, kept, skipped, _ = decode_contents(other, np.asarray(other_offsets, dtype=np.int64),
+                                                   self.input_size, self.resize_size)
+        size = self.input_size
+        return {
+            "start": self.listing.start + lo,
+            "stop": self.listing.start + hi,
+            "jpeg_offsets": torch.tensor(jpeg_offsets, dtype=torch.int64),
+            "jpeg_bounds": torch.from_numpy(np.cumsum([0, *map(len, jpegs)], dtype=np.int64)),
+            "jpeg_bytes": torch.from_numpy(np.frombuffer(bytearray().join(jpegs), dtype=np.uint8)),
+            "orientations": torch.tensor(orientations, dtype=torch.int64),
+            "offsets": torch.tensor(kept, dtype=torch.int64),
+            "images": torch.from_numpy(np.stack(images) if images else np.zeros((0, 3, size, size), dtype=np.uint8)),
+            "skipped": skipped,
+        }
+
+    def finish_on_device(self, item: dict, device: torch.device) -> Batch:
+        """This process's half of device decoding: decode the batch's JPEGs on `device`, give the
+        ones it rejects to Pillow, and merge them with the worker-decoded images in listing order."""
+        from loupe.pipeline.data.device_decode import decode_jpegs
+
+        bounds = item["jpeg_bounds"].tolist()
+        pieces = [item["jpeg_bytes"][a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        jpeg_offsets = item["jpeg_offsets"].tolist()
+        decoded = decode_jpegs(pieces, item["orientations"].tolist(), self.input_size, self.resize_size, device)
+        failed = [i for i, image in enumerate(decoded) if image is None]
+        fallback, fallback_kept, fallback_skipped, _ = decode_contents(
+            [pieces[i].numpy().tobytes() for i in failed],
+            np.asarray([jpeg_offsets[i] for i in failed], dtype=np.int64), self.input_size, self.resize_size)
+        rows = [(offset, image) for offset, image in zip(jpeg_offsets, decoded) if image is not None]
+        rows += [(offset, torch.from_numpy(image)) for offset, image in zip(fallback_kept, fallback)]
+        worker_offsets = item["offsets"].tolist()
+        kept = np.asarray(sorted([o for o, _ in rows] + worker_offsets), dtype=np.int64)
+        size = self.input_size
+        images = torch.empty((len(kept), 3, size, size), dtype=torch.uint8, device=device)
+        if worker_offsets:
+            images[_rows_of(kept, worker_offsets, device)] = item["images"].to(device, non_blocking=True)
+        if rows:
+            images[_rows_of(kept, [o for o, _ in rows], device)] = torch.stack([image.to(device) for _, image in rows])
+        # pin_memory turns tuples into lists, hence the rebuild before merging
+        skipped = sorted([(int(o), str(r)) for o, r in item["skipped"]] + fallback_skipped)
+        ids = self.listing.ids([o for o, _ in skipped]) if skipped else []
+        return Batch(
+            start=int(item["start"]),
+            stop=int(item["stop"]),
+            positions=kept + self.listing.start,
+            keys=self.keys[kept],
+            images=images,
+            skipped=[SkippedImage(self.listing.start + o, i, r) for (o, r), i in zip(skipped, ids)],
+        )
+
+
+def _rows_of(kept: np.ndarray, offsets: list[int], device: torch.device) -> torch.Tensor:
+    """Row of each of `offsets` in the sorted `kept` offsets, as an index tensor on `device`."""
+    return torch.from_numpy(np.searchsorted(kept, offsets).astype(np.int64)).to(device)
+
 
 def _as_is(item: dict) -> dict:
     return item
@@ -256,9 +341,15 @@ def iter_batches(
     options: LoaderOptions = LoaderOptions(),
     storage_options: Mapping[str, Any] | None = None,
     pin_memory: bool = False,
+    device: torch.device | str = "cpu",
 ) -> Iterator[Batch]:
-    """Decoded batches of `listing` in order; bad images come back in `Batch.skipped`."""
-    dataset = _BatchDataset(listing, input_size, resize_size, options.images_per_batch, storage_options)
+    """Decoded batches of `listing` in order; bad images come back in `Batch.skipped`.
+
+    With `options.decode == "device"` the images are decoded on `device` and arrive there;
+    otherwise `device` is unused and images arrive on the CPU (pinned if `pin_memory`)."""
+    dataset = _BatchDataset(listing, input_size, resize_size, options.images_per_batch, storage_options,
+                            options.decode)
+    device = torch.device(device)
     workers = min(options.workers, len(dataset))
     loader = DataLoader(
         dataset,
@@ -271,6 +362,9 @@ def iter_batches(
         multiprocessing_context=options.multiprocessing_context if workers else None,
     )
     for item in loader:
+        if options.decode == "device":
+            yield dataset.finish_on_device(item, device)
+            continue
         yield Batch(
             start=int(item["start"]),
             stop=int(item["stop"]),

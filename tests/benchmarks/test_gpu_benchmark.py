@@ -38,6 +38,11 @@ def test_the_smoke_benchmark_reports_every_figure():
     assert scan and float(scan.group(2)) == pytest.approx(
         float(scan.group(1).replace(",", "")) / float(scan.group(3).replace(",", "")), abs=0.01)
     assert re.search(r"JPEG decode cpu \(Pillow, per worker\): [\d,.]+ images/s", out)
+    plain = float(scan.group(3).replace(",", ""))
+    for decoder in (r"cpu decode \(Pillow, 1 workers\)", r"cpu decode \(torchvision.io.decode_jpeg\)"):
+        loader = re.search(rf"scan from JPEG files, {decoder}: ([\d,.]+) images/s = ([\d.]+)x the plain forward", out)
+        assert loader, decoder
+        assert float(loader.group(2)) == pytest.approx(float(loader.group(1).replace(",", "")) / plain, abs=0.01)
     projection = re.search(r"\(4\) projection on this device: 5808 units x 512 steps = ([\d.]+) h of renders \+ "
                            r"([\d.]+) h to scan 1,281,167 images = ([\d.]+) h", out)
     assert projection

@@ -129,3 +129,60 @@ def test_a_failing_item_blocks_publishing_and_a_rerun_finishes(tmp_path, images,
     rerun = build(tiny_config(url, str(images)))
     assert rerun.published and rerun.done == 1 and rerun.version == failed.version
     assert atlas_snapshot(url)[("r20", "layer2", "negative")][0] == [0, 1, 2, 3]
+
+
+def test_a_compiled_render_build_equals_the_eager_one_and_redoes_nothing(tmp_path):
+    """render.<kind>.compile is speed only: a build compiled with torch.compile stores the eager
+    build's pictures (within float rounding) and a rebuild that only turns compiling on is a no-op."""
+    import torch._dynamo
+
+    def config(url: str, compile: str) -> dict:
+        built = tiny_config(url, None)
+        built["render"] = {"channel": {"size": 32, "steps": 20, "units_per_item": 4, "compile": compile}}
+        return built
+
+    eager_url, compiled_url = str(tmp_path / "eager"), str(tmp_path / "compiled")
+    build(config(eager_url, "off"))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    try:
+        build(config(compiled_url, "default"))
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2, "one graph per rendered layer"
+    finally:
+        torch._dynamo.reset()
+    eager, compiled = atlas_snapshot(eager_url), atlas_snapshot(compiled_url)
+    assert eager.keys() == compiled.keys()
+    for key, value in eager.items():
+        if key[2] != "channel":
+            continue
+        units, images = value
+        assert compiled[key][0] == units
+        difference = np.abs(np.frombuffer(images, np.uint8).astype(np.int16) - np.frombuffer(compiled[key][1], np.uint8))
+        assert difference.mean() <= 0.5, key
+    assert build(config(eager_url, "default")).unchanged
+
+
+def test_a_build_scanning_with_device_decode_finds_the_same_examples(tmp_path):
+    """scan.decode: device (torchvision's JPEG decoder on the model's device; the CPU here) scans
+    JPEGs into the same top-k as Pillow, with statistics within a grey level's worth."""
+    from PIL import Image
+
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for index in range(10):
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((64, 48), Image.BILINEAR).save(folder / f"img{index:03d}.jpg", quality=90)
+    summaries, atlases = {}, {}
+    for decode in ("pillow", "device"):
+        config = tiny_config(str(tmp_path / decode), str(folder))
+        config["render"] = {"channel": {"enabled": False}}
+        config["scan"].update(decode=decode, examples={"enabled": False})
+        summaries[decode] = build(config)
+        atlases[decode] = open_atlas(str(tmp_path / decode))
+    for layer in ("layer1.0.bn1", "layer2"):
+        pillow, device = (atlases[d].examples("r20", layer).sort_by([("unit", "ascending"), ("kind", "ascending"),
+                                                                      ("rank", "ascending")]) for d in atlases)
+        assert device.column("image_id").to_pylist() == pillow.column("image_id").to_pylist()
+        np.testing.assert_allclose(device.column("value").to_numpy(), pillow.column("value").to_numpy(),
+                                   rtol=0.02, atol=0.02)

@@ -41,6 +41,9 @@ def test_how_a_scan_runs_is_not_keyed_but_what_it_computes_is(tmp_path, images):
     changed = {i.key for i in plan(tmp_path / "c", images, k=2)}
     assert {k for k in changed if k.startswith("scan-")}.isdisjoint(base)
     assert {k for k in changed if k.startswith("render-")} <= base
+    on_device = {i.key for i in plan(tmp_path / "e", images, decode="device")}
+    assert {k for k in on_device if k.startswith("scan-")}.isdisjoint(base), "device decoding changes the pixels"
+    assert {k for k in on_device if k.startswith("render-")} <= base
 
 
 def test_score_items_need_their_reduce_and_channel_renders(tmp_path, images):
