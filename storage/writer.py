@@ -41,6 +41,7 @@ class AtlasWriter:
         self.lease = lease
         self._meta_cache: dict[str, bytes] = {}
         self._pending: dict[str, bytes] | None = None  # declarations queued by `declaring()`
+        self._new_version = False  # created by this writer: nothing to read back before declaring
         self._record_objects: OrderedDict[str, dict] = OrderedDict()
 
     # ---- creating and resuming -------------------------------------------------------------
@@ -82,7 +83,9 @@ class AtlasWriter:
             "code_version": code_version,
         }
         store.put(layout.draft_info(version), canonical_json(draft))
-        return cls(store, version, draft, lease)
+        writer = cls(store, version, draft, lease)
+        writer._new_version = True  # a version id of our own: no array of it can exist yet
+        return writer
 
     @classmethod
     def resume(cls, url: str, version: str, storage_options: Mapping[str, Any] | None = None, *,
@@ -127,7 +130,8 @@ class AtlasWriter:
     def declaring(self) -> Iterator[None]:
         """Batch the `declare_*` calls of the block: on leaving it, every array's metadata is read
         and the missing ones written concurrently (two rounds of requests on an object store instead
-        of two sequential requests per array, which is seconds for a model with many layers)."""
+        of two sequential requests per array, which is seconds for a model with many layers). A
+        writer that created its version skips the reads: no other writer can have declared yet."""
         if self._pending is not None:
             yield
             return
@@ -138,7 +142,8 @@ class AtlasWriter:
         finally:
             self._pending = None
         rels = {path: self._rel(f"{path}/{arrays.METADATA_KEY}") for path in pending}
-        stored = self.store.get_many_optional([rels[p] for p in pending if p not in self._meta_cache])
+        unknown = [] if self._new_version else [rels[p] for p in pending if p not in self._meta_cache]
+        stored = self.store.get_many_optional(unknown)
         missing = {}
         for path, meta in pending.items():
             existing = self._meta_cache.get(path) or stored.get(rels[path])

@@ -69,3 +69,24 @@ def test_render_steps_never_read_tensors_back(tiny, guarded_steps, kind, param):
 def test_the_guard_catches_a_host_read():
     with no_host_reads(), pytest.raises(HostRead):
         bool(torch.ones(2).sum() > 0)
+
+
+def test_compiled_steps_never_read_tensors_back(tiny, monkeypatch):
+    """The compiled graph replays without host reads (compiling happens once, before the guarded render)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    settings = RenderSettings(size=24, steps=20, compile="default")
+    try:
+        render_units(tiny, "mid.2", [0, 1], "channel", settings, images_per_step=2)  # compiles this shape
+        original = engine.optimize
+
+        def guarded(*args, **kwargs):
+            with no_host_reads():
+                return original(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "optimize", guarded)
+        renders = render_units(tiny, "mid.2", [2, 3], "channel", settings, images_per_step=2)
+    finally:
+        torch._dynamo.reset()
+    assert renders.images.shape[0] == 2
