@@ -137,6 +137,7 @@ def render_vis(
     redirected_relu: bool = True,
     precision: str = "fp32",
     channels_last: bool = True,
+    compile: str = "off",
 ) -> list[np.ndarray]:
     """Optimize an image to maximize `objective`; one float32 array `[B, H, W, 3]` in [0, 1] per threshold.
 
@@ -145,13 +146,14 @@ def render_vis(
     none). The image after `t` optimizer steps is returned for each `t` in `thresholds`. `seed` makes
     the result reproducible without touching the global RNG state. `progress` is True for a tqdm bar,
     or a callable `(step, objective_value)`. The model's hooks and settings are restored when the call
-    ends, even on error. `precision="bf16"` autocasts the forward; `channels_last` (default on) runs convolutions in NHWC.
+    ends, even on error. `precision="bf16"` autocasts the forward; `channels_last` (default on) runs convolutions in NHWC;
+    `compile` ("default", "reduce-overhead", "max-autotune") compiles the model part of each step with torch.compile.
     """
     lm = as_loaded_model(model)
     objective = as_objective(objective)
     objective.validate(lm)
     steps = engine.check_thresholds(thresholds)
-    acceleration = engine.Acceleration(precision=precision, channels_last=channels_last)
+    acceleration = engine.Acceleration(precision=precision, channels_last=channels_last, compile=compile)
     transform = make_transform(transforms)
 
     image, uniforms = _seeded_start(param_f, lm.device, seed, steps[-1], transform.n_random)

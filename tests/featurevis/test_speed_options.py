@@ -16,7 +16,7 @@ import torch
 import torch._dynamo
 
 from loupe.pipeline.errors import LoupeError
-from loupe.pipeline.featurevis import RenderSettings, render_units
+from loupe.pipeline.featurevis import RenderSettings, render_units, render_vis
 
 from .fv_helpers import natural_magnitude
 
@@ -80,6 +80,14 @@ def test_the_model_part_compiles_once_per_layer_across_batches_and_calls(tiny):
     render_units(tiny, "mid", range(4), "channel", settings(steps=20, compile="default"), images_per_step=2)
     assert counters["stats"]["unique_graphs"] == 2, "a new layer is one more graph"
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_render_vis_takes_the_compile_option_too(tiny):
+    (eager,) = render_vis(tiny, "block:3", thresholds=(20,), seed=1, progress=False)
+    (compiled,) = render_vis(tiny, "block:3", thresholds=(20,), seed=1, progress=False, compile="default")
+    assert np.abs(eager - compiled).mean() * 255 <= MEAN_GREY_LEVELS
+    with pytest.raises(LoupeError, match="compile must be one of"):
+        render_vis(tiny, "block:3", thresholds=(2,), compile="yes", progress=False)
 
 
 def test_an_unknown_compile_mode_is_refused_naming_the_setting():
