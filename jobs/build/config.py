@@ -74,8 +74,8 @@ class RenderKindConfig(_Strict):
         default="fp32", description="bf16: autocast the model to bfloat16 (faster on GPUs; pictures within a few "
                                     "grey levels of fp32, so it is part of the render items' keys)")
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
-        default="off", description="torch.compile the model's part of each step with this mode (reduce-overhead: "
-                                   "also CUDA graphs on a GPU); speed only, pictures equal within float rounding, "
+        default="off", description="torch.compile the model's part of each step with this mode (reduce-overhead and "
+                                   "max-autotune: also CUDA graphs on a GPU); speed only, pictures equal within float rounding, "
                                    "not part of any key")
 
 

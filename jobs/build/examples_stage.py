@@ -175,7 +175,7 @@ def cut_examples(runner, spec: ReduceSpec, slots: Slots, stage: PictureStage, to
         for step in range(0, len(in_window), IMAGES_PER_STEP):
             images = in_window[step:step + IMAGES_PER_STEP]
             decoded = read_images(listing, images - first, preprocessing.input_size, preprocessing.resize_size,
-                                  storage_options)
+                                  storage_options, decode=spec.decode, device=model.device)
             if decoded.skipped:
                 bad = decoded.skipped[0]
                 raise StorageError(f"image {bad.image_id} (listing position {bad.position}) was scanned but cannot be "

@@ -161,12 +161,15 @@ class ReduceSpec:
     decode_workers: int = 2  # how, not what: neither is keyed (like the scan's)
     basis_digest: str = ""  # sha256 of the basis file; "" for channels
     fields_item: str = ""  # as ScanSpec's: not keyed
+    decode: str = "pillow"  # as the scan's, so example pictures show the pixels the scan saw; keyed likewise
 
     stage: ClassVar[str] = "reduce"
 
     def key_fields(self) -> dict[str, Any]:
         fields = asdict(self)
         del fields["images_per_batch"], fields["decode_workers"], fields["fields_item"]
+        if fields["decode"] == "pillow":
+            del fields["decode"]
         return _without_empty(fields, "basis_digest")
 
     def inputs(self) -> tuple[str, ...]:

@@ -63,7 +63,7 @@ def plan_scan(model: ResolvedModel, scan: ScanConfig, listing: Listing, *, write
             quantiles=tuple(examples.quantiles), samples_per_band=examples.samples_per_band,
             histogram_bins=examples.histogram_bins, seed=examples.seed, units_per_item=examples.units_per_item,
             images_per_batch=scan.images_per_batch, decode_workers=scan.decode_workers,
-            basis_digest=digests[index], fields_item=fields.key,
+            basis_digest=digests[index], fields_item=fields.key, decode=scan.decode,
         ), cost=0)
         for index, layer in enumerate(layers)
     ]

@@ -52,7 +52,7 @@ def add_render_command(subparsers) -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="bf16: autocast the model to bfloat16 (faster on GPUs; pictures within a few grey levels)")
     parser.add_argument("--compile", default="off", choices=COMPILE_MODES,
-                        help="torch.compile the model's step with this mode (reduce-overhead: also CUDA graphs on a GPU); "
+                        help="torch.compile the model's step with this mode (reduce-overhead, max-autotune: also CUDA graphs on a GPU); "
                              "the first step pays the compile time")
     parser.add_argument("--out", default=None, help="PNG to write (default: <layer>_<unit>.png)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

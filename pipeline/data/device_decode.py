@@ -27,7 +27,7 @@ from torchvision.transforms import InterpolationMode
 
 from loupe.pipeline.data.decode import resized_shape
 
-__all__ = ["decode_jpegs", "jpeg_orientation", "orient", "resize_and_crop_tensor"]
+__all__ = ["decode_jpegs", "decode_jpegs_with_sizes", "jpeg_orientation", "orient", "resize_and_crop_tensor"]
 
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 _DEVICE_MODES = {"L", "RGB"}  # CMYK/YCCK JPEGs go to Pillow: its inverted-Adobe CMYK rule is the reference
@@ -65,8 +65,9 @@ def jpeg_orientation(data: bytes | bytearray | None) -> int | None:
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
-    """Apply an EXIF orientation to a (..., H, W) tensor exactly as Pillow's `exif_transpose` does;
-    needed on CUDA, where torchvision ignores `apply_exif_orientation`."""
+    """Apply an EXIF orientation to a (..., H, W) tensor exactly as Pillow's `exif_transpose` does.
+    Used on every device, with Pillow's reading of the tag, so one parser decides the orientation
+    (torchvision's own `apply_exif_orientation` works on the CPU only)."""
     transform = _ORIENTATIONS.get(orientation)
     return image if transform is None else transform(image)
 
@@ -85,17 +86,27 @@ def decode_jpegs(data: Sequence[torch.Tensor], orientations: Sequence[int], inpu
     """Decode JPEG bytes (1-D uint8 CPU tensors) together on `device` into uint8 (3, input_size,
     input_size) RGB tensors there; None for each image torchvision cannot decode (the caller's
     Pillow fallback decides whether it is usable). `orientations` come from `jpeg_orientation`."""
+    return decode_jpegs_with_sizes(data, orientations, input_size, resize_size, device)[0]
+
+
+def decode_jpegs_with_sizes(data: Sequence[torch.Tensor], orientations: Sequence[int], input_size: int,
+                            resize_size: int, device: torch.device | str
+                            ) -> tuple[list[torch.Tensor | None], list[tuple[int, int] | None]]:
+    """`decode_jpegs`, plus each decoded image's (height, width) after orientation: the original
+    pixel frame example crop boxes are mapped back to (as `decode_image_with_size` reports)."""
     device = torch.device(device)
     decoded = _decode_all(list(data), device)
-    out: list[torch.Tensor | None] = []
+    images: list[torch.Tensor | None] = []
+    sizes: list[tuple[int, int] | None] = []
     for image, orientation in zip(decoded, orientations):
         if image is None:
-            out.append(None)
+            images.append(None)
+            sizes.append(None)
             continue
-        if device.type != "cpu":  # torchvision applies EXIF orientation on the CPU only
-            image = orient(image, orientation)
-        out.append(resize_and_crop_tensor(image, input_size, resize_size))
-    return out
+        image = orient(image, orientation)
+        sizes.append((int(image.shape[-2]), int(image.shape[-1])))
+        images.append(resize_and_crop_tensor(image, input_size, resize_size))
+    return images, sizes
 
 
 def _decode_all(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
@@ -117,7 +128,12 @@ def _decode_all(data: list[torch.Tensor], device: torch.device) -> list[torch.Te
 
 
 def _decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    if device.type == "cuda":
+        # torchvision's CUDA decoder writes its outputs from a stream of its own that does not wait
+        # for ours, into memory the caching allocator may have just freed from kernels still queued
+        # on ours: let those finish first (pytorch/vision#9606). Decoding still runs on the GPU.
+        torch.cuda.current_stream(device).synchronize()
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its decoders (for TorchCodec) with a warning on every call
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False)

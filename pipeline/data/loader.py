@@ -203,14 +203,22 @@ class DecodedImages:
 
 
 def read_images(listing: Listing, local: np.ndarray, input_size: int, resize_size: int,
-                storage_options: Mapping[str, Any] | None = None) -> DecodedImages:
-    """Read and decode the images at `local` offsets of `listing` (increasing, no repeats), once each."""
+                storage_options: Mapping[str, Any] | None = None, *, decode: str = "pillow",
+                device: torch.device | str = "cpu") -> DecodedImages:
+    """Read and decode the images at `local` offsets of `listing` (increasing, no repeats), once each.
+
+    `decode="device"` decodes JPEGs as a scan with `LoaderOptions(decode="device")` does, so
+    example pictures show (and their values match) the pixels that scan saw."""
     local = np.asarray(local, dtype=np.int64)
     if len(local) and (np.any(np.diff(local) <= 0) or local[0] < 0 or local[-1] >= len(listing)):
         raise DatasetError(f"read_images needs increasing offsets inside the listing's {len(listing)} images")
+    LoaderOptions(decode=decode)  # validates `decode`
     reader = ImageReader(listing, storage_options)
-    images, kept, skipped, sizes = decode_contents(reader.read(local) if len(local) else [], local,
-                                                   input_size, resize_size)
+    contents = reader.read(local) if len(local) else []
+    if decode == "device":
+        images, kept, skipped, sizes = _decode_on_device(contents, local, input_size, resize_size, torch.device(device))
+    else:
+        images, kept, skipped, sizes = decode_contents(contents, local, input_size, resize_size)
     kept_array = np.asarray(kept, dtype=np.int64)
     ids = listing.ids([o for o, _ in skipped]) if skipped else []
     return DecodedImages(
@@ -220,6 +228,27 @@ def read_images(listing: Listing, local: np.ndarray, input_size: int, resize_siz
         original_sizes=np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
         skipped=[SkippedImage(listing.start + o, i, r) for (o, r), i in zip(skipped, ids)],
     )
+
+
+def _decode_on_device(contents: list, local: np.ndarray, input_size: int, resize_size: int, device: torch.device
+                      ) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]], list[tuple[int, int]]]:
+    """`decode_contents`, with plain JPEGs decoded on `device` (as a device-decoding scan does) and
+    everything else, or what the device decoder refuses, by Pillow; results in `local` order."""
+    from loupe.pipeline.data.device_decode import decode_jpegs_with_sizes, jpeg_orientation
+
+    orientations = [jpeg_orientation(c) if isinstance(c, (bytes, bytearray)) else None for c in contents]
+    on_device = [i for i, o in enumerate(orientations) if o is not None]
+    data = [torch.frombuffer(bytearray(contents[i]), dtype=torch.uint8) for i in on_device]
+    decoded, decoded_sizes = decode_jpegs_with_sizes(data, [orientations[i] for i in on_device], input_size,
+                                                    resize_size, device)
+    done = {i: (image, size) for i, image, size in zip(on_device, decoded, decoded_sizes) if image is not None}
+    rest = [i for i in range(len(contents)) if i not in done]
+    pillow, pillow_kept, skipped, pillow_sizes = decode_contents([contents[i] for i in rest], local[rest],
+                                                                 input_size, resize_size)
+    by_offset = {int(local[i]): (image.cpu().numpy(), size) for i, (image, size) in done.items()}
+    by_offset.update({offset: (image, size) for offset, image, size in zip(pillow_kept, pillow, pillow_sizes)})
+    kept = sorted(by_offset)
+    return [by_offset[o][0] for o in kept], kept, skipped, [by_offset[o][1] for o in kept]
 
 
 class _BatchDataset(Dataset):

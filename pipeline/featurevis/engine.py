@@ -12,6 +12,7 @@ size-changing standard transforms work on them.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -28,7 +29,7 @@ from loupe.pipeline.models import LoadedModel, capture
 
 PRECISIONS = ("fp32", "bf16")
 #: `torch.compile` modes for the step (torch's own names), or "off" to run it eagerly.
-#: "reduce-overhead" adds CUDA graphs on CUDA (one replay per step instead of thousands of launches).
+#: "reduce-overhead" and "max-autotune" add CUDA graphs on CUDA (one replay per step instead of thousands of launches).
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 #: How many compiled variants of the model part one process keeps (layer sets x options).
 COMPILED_VARIANTS = 256
@@ -103,6 +104,7 @@ class ForwardSession:
         #: every step; the redirected-ReLU steps (a custom autograd function inside a torch-function
         #: mode, which dynamo cannot trace as one graph) and calls under no_grad run eagerly.
         self._compiled = None
+        self._compiled_ran = False
         if acceleration.compile != "off":
             self._compiled = torch.compile(self._run_model, mode=acceleration.compile, fullgraph=True, dynamic=False)
 
@@ -131,9 +133,26 @@ class ForwardSession:
         values: dict[str, torch.Tensor] = {INPUT: image}
         if self._capture is not None:
             compiled = self._compiled is not None and not redirect and torch.is_grad_enabled()
-            run = self._compiled if compiled else self._run_model
+            run = self._run_compiled if compiled else self._run_model
             values.update(run(x, redirect))
         return Activations(values, self.layouts, self.model.categories)
+
+    def _run_compiled(self, x: torch.Tensor, redirect: bool) -> dict[str, torch.Tensor]:
+        """The compiled model part; if the first call cannot compile it (a model dynamo cannot trace
+        as one graph), say so once and run this session eagerly rather than fail the render."""
+        if self._compiled_ran:
+            return self._compiled(x, redirect)
+        try:
+            values = self._compiled(x, redirect)
+        except Exception as exc:  # noqa: BLE001 - any compile failure: eager gives the same pictures
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            warnings.warn(f"torch.compile (mode {self.acceleration.compile!r}) cannot compile {self.model.name} up to "
+                          f"{', '.join(self.layers)} ({type(exc).__name__}: {reason}); rendering eagerly",
+                          RuntimeWarning, stacklevel=2)
+            self._compiled = None
+            return self._run_model(x, redirect)
+        self._compiled_ran = True
+        return values
 
     def _run_model(self, x: torch.Tensor, redirect: bool) -> dict[str, torch.Tensor]:
         """The model part of a call: resize, memory format, torch-function modes, autocast, capture."""

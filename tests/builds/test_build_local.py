@@ -177,7 +177,7 @@ def test_a_build_scanning_with_device_decode_finds_the_same_examples(tmp_path):
     for decode in ("pillow", "device"):
         config = tiny_config(str(tmp_path / decode), str(folder))
         config["render"] = {"channel": {"enabled": False}}
-        config["scan"].update(decode=decode, examples={"enabled": False})
+        config["scan"].update(decode=decode)
         summaries[decode] = build(config)
         atlases[decode] = open_atlas(str(tmp_path / decode))
     for layer in ("layer1.0.bn1", "layer2"):
@@ -186,3 +186,7 @@ def test_a_build_scanning_with_device_decode_finds_the_same_examples(tmp_path):
         assert device.column("image_id").to_pylist() == pillow.column("image_id").to_pylist()
         np.testing.assert_allclose(device.column("value").to_numpy(), pillow.column("value").to_numpy(),
                                    rtol=0.02, atol=0.02)
+        for unit in range(4):  # example pictures are cut from the pixels the scan saw
+            top = atlases["device"].example_pictures("r20", layer, unit, "top")
+            reference = atlases["pillow"].example_pictures("r20", layer, unit, "top")
+            assert np.abs(top.pictures.astype(np.int16) - reference.pictures).mean() < 1.0

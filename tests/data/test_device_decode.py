@@ -239,3 +239,22 @@ def test_scan_with_device_decode_matches_the_pillow_scan(tmp_path):
         np.testing.assert_array_equal(a.bottom.image_index, b.bottom.image_index)
         for stat in ("act_mean", "max_mean"):
             np.testing.assert_allclose(a.statistics()[stat], b.statistics()[stat], atol=2e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_read_images_decodes_as_the_device_scan_did(folder, device):
+    """Example pictures re-read their images: with decode="device" they get the scan's own pixels,
+    Pillow's original sizes (for crop boxes), and the same skips."""
+    from loupe.pipeline.data.loader import read_images
+
+    local = np.arange(len(folder))
+    scanned = batches(folder, "device", 0, device)
+    decoded = read_images(folder, local, SIZE, RESIZE, decode="device", device=device)
+    pillow = read_images(folder, local, SIZE, RESIZE)
+    np.testing.assert_array_equal(decoded.positions, np.concatenate([b.positions for b in scanned]))
+    np.testing.assert_array_equal(decoded.images, torch.cat([b.images for b in scanned]).cpu().numpy())
+    np.testing.assert_array_equal(decoded.positions, pillow.positions)
+    np.testing.assert_array_equal(decoded.original_sizes, pillow.original_sizes)
+    assert decoded.skipped == pillow.skipped
+    with pytest.raises(DatasetError, match="loader.decode"):
+        read_images(folder, local, SIZE, RESIZE, decode="nvjpeg")

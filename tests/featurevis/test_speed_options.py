@@ -90,6 +90,44 @@ def test_render_vis_takes_the_compile_option_too(tiny):
         render_vis(tiny, "block:3", thresholds=(2,), compile="yes", progress=False)
 
 
+def test_a_model_that_cannot_be_compiled_renders_eagerly_with_a_warning(tiny, monkeypatch):
+    from loupe.pipeline.featurevis import engine
+
+    def refuse(function, **options):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("dynamo cannot trace this model\nmore detail")
+        return compiled
+
+    eager = render_units(tiny, "block", [1, 2], "channel", settings(steps=20), images_per_step=2)
+    monkeypatch.setattr(engine.torch, "compile", refuse)
+    with pytest.warns(RuntimeWarning, match=r"cannot compile .* up to block \(RuntimeError: dynamo cannot trace "
+                                            r"this model\); rendering eagerly"):
+        fallen_back = render_units(tiny, "block", [1, 2], "channel", settings(steps=20, compile="default"),
+                                   images_per_step=2)
+    np.testing.assert_array_equal(fallen_back.images, eager.images)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CUDA graphs)")
+@pytest.mark.parametrize("kind,param", [("channel", "lucid"), ("diversity", "lucid"), ("channel", "maco")])
+def test_cuda_graph_renders_equal_eager_within_tolerance(kind, param):
+    """mode "reduce-overhead": inductor plus CUDA graphs, over several batches and two sessions."""
+    from loupe.pipeline.models import LoadedModel
+
+    from .fv_helpers import IDENTITY, CATEGORIES, make_tiny
+
+    cuda = LoadedModel.from_module(make_tiny().module, preprocessing=IDENTITY, device="cuda", name="tiny",
+                                   categories=CATEGORIES)
+    magnitude = natural_magnitude(32) if param == "maco" else None
+    kw = dict(images_per_unit=2, param=param)
+    for units in ([1, 5, 7, 9], [0, 2, 4, 6]):
+        eager = render_units(cuda, "block", units, kind, settings(**kw), images_per_step=4, magnitude=magnitude)
+        graphs = render_units(cuda, "block", units, kind, settings(compile="reduce-overhead", **kw),
+                              images_per_step=4, magnitude=magnitude)
+        difference = np.abs(eager.images.astype(np.int16) - graphs.images.astype(np.int16))
+        assert difference.mean() <= MEAN_GREY_LEVELS, difference.mean()
+        np.testing.assert_allclose(graphs.activations, eager.activations, rtol=ACTIVATION_RTOL, atol=1e-4)
+
+
 def test_an_unknown_compile_mode_is_refused_naming_the_setting():
     with pytest.raises(LoupeError, match="compile must be one of off, default, reduce-overhead, max-autotune"):
         RenderSettings(compile="fast")
