@@ -113,27 +113,20 @@ class ObjectStore:
             raise
 
     def get_many(self, rels: list[str]) -> dict[str, bytes]:
-        """Read many small objects concurrently (one request each, batched by fsspec)."""
-        if not rels:
-            return {}
-        paths = [self.location.path(r) for r in rels]
-        try:
-            got = self.fs.cat(paths, on_error="raise")
-        except FileNotFoundError as exc:
-            raise StorageError(f"missing object under {self.location.url}: {exc}", url=self.location.url) from exc
-        except Exception as exc:
-            raise self._fail("read objects under", "", exc) from exc
-        if len(paths) == 1 and not isinstance(got, dict):
-            got = {paths[0]: got}
-        by_path = {self.fs._strip_protocol(p): v for p, v in got.items()}
-        return {r: by_path[self.fs._strip_protocol(p)] for r, p in zip(rels, paths)}
+        """Read many small objects concurrently (one request each, batched by fsspec); a missing
+        one is an error naming it."""
+        got = self.get_many_optional(rels)
+        missing = [rel for rel, value in got.items() if value is None]
+        if missing:
+            url = self.location.url_of(missing[0])
+            raise StorageError(f"missing object {url}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                               url=url)
+        return got
 
     def get_many_optional(self, rels: list[str]) -> dict[str, bytes | None]:
         """Read many small objects concurrently; a missing one reads as None (one request each)."""
         if not rels:
             return {}
-        if self.location.is_local:
-            return {r: self.get_optional(r) for r in rels}
         paths = [self.location.path(r) for r in rels]
         try:
             got = self.fs.cat(paths, on_error="return")

@@ -154,16 +154,10 @@ class AtlasWriter:
         self._meta_cache.update(pending)
 
     def _declare(self, path: str, meta: bytes) -> None:
-        if self._pending is not None:
+        """Queue one declaration; outside a `declaring()` block it is written at once (a block of one)."""
+        with self.declaring():
             self._check_declared(self._rel(f"{path}/{arrays.METADATA_KEY}"), self._pending.get(path), meta)
             self._pending[path] = meta
-            return
-        rel = self._rel(f"{path}/{arrays.METADATA_KEY}")
-        existing = self._meta_cache.get(path) or self.store.get_optional(rel)
-        self._check_declared(rel, existing, meta)
-        if existing is None:
-            self.store.put(rel, meta)
-        self._meta_cache[path] = meta
 
     def _check_declared(self, rel: str, existing: bytes | None, meta: bytes) -> None:
         if existing is not None and existing != meta:

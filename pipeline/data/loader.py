@@ -216,7 +216,9 @@ def read_images(listing: Listing, local: np.ndarray, input_size: int, resize_siz
     reader = ImageReader(listing, storage_options)
     contents = reader.read(local) if len(local) else []
     if decode == "device":
-        images, kept, skipped, sizes = _decode_on_device(contents, local, input_size, resize_size, torch.device(device))
+        routed = route_for_device(contents, local, input_size, resize_size)
+        on_device, kept, skipped, sizes = finish_on_device(routed, input_size, resize_size, torch.device(device))
+        images = list(on_device.cpu().numpy())
     else:
         images, kept, skipped, sizes = decode_contents(contents, local, input_size, resize_size)
     kept_array = np.asarray(kept, dtype=np.int64)
@@ -230,25 +232,61 @@ def read_images(listing: Listing, local: np.ndarray, input_size: int, resize_siz
     )
 
 
-def _decode_on_device(contents: list, local: np.ndarray, input_size: int, resize_size: int, device: torch.device
-                      ) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]], list[tuple[int, int]]]:
-    """`decode_contents`, with plain JPEGs decoded on `device` (as a device-decoding scan does) and
-    everything else, or what the device decoder refuses, by Pillow; results in `local` order."""
-    from loupe.pipeline.data.device_decode import decode_jpegs_with_sizes, jpeg_orientation
+@dataclass
+class RoutedImages:
+    """Images split for device decoding: plain JPEGs as bytes (for the device), everything else
+    already decoded by Pillow. Offsets are local listing offsets, increasing within each part."""
+
+    jpeg_offsets: list[int]
+    jpegs: list[torch.Tensor]  # 1-D uint8 CPU tensors of encoded bytes
+    orientations: list[int]  # EXIF orientation of each JPEG, read by Pillow
+    offsets: list[int]  # of the Pillow-decoded images
+    images: list[np.ndarray]  # uint8 (3, size, size)
+    sizes: list[tuple[int, int]]  # original (height, width) of each Pillow-decoded image
+    skipped: list[tuple[int, str]]  # (offset, reason)
+
+
+def route_for_device(contents: list, local: np.ndarray, input_size: int, resize_size: int) -> RoutedImages:
+    """The CPU half of device decoding (a worker's, in a scan): plain JPEGs stay bytes, everything
+    else is decoded by Pillow here, and what Pillow cannot read is skipped with its reason."""
+    from loupe.pipeline.data.device_decode import jpeg_orientation
 
     orientations = [jpeg_orientation(c) if isinstance(c, (bytes, bytearray)) else None for c in contents]
-    on_device = [i for i, o in enumerate(orientations) if o is not None]
-    data = [torch.frombuffer(bytearray(contents[i]), dtype=torch.uint8) for i in on_device]
-    decoded, decoded_sizes = decode_jpegs_with_sizes(data, [orientations[i] for i in on_device], input_size,
-                                                    resize_size, device)
-    done = {i: (image, size) for i, image, size in zip(on_device, decoded, decoded_sizes) if image is not None}
-    rest = [i for i in range(len(contents)) if i not in done]
-    pillow, pillow_kept, skipped, pillow_sizes = decode_contents([contents[i] for i in rest], local[rest],
-                                                                 input_size, resize_size)
-    by_offset = {int(local[i]): (image.cpu().numpy(), size) for i, (image, size) in done.items()}
-    by_offset.update({offset: (image, size) for offset, image, size in zip(pillow_kept, pillow, pillow_sizes)})
-    kept = sorted(by_offset)
-    return [by_offset[o][0] for o in kept], kept, skipped, [by_offset[o][1] for o in kept]
+    jpeg = [i for i, o in enumerate(orientations) if o is not None]
+    rest = [i for i, o in enumerate(orientations) if o is None]
+    images, kept, skipped, sizes = decode_contents([contents[i] for i in rest], local[rest], input_size, resize_size)
+    return RoutedImages(
+        jpeg_offsets=[int(local[i]) for i in jpeg],
+        jpegs=[torch.frombuffer(bytearray(contents[i]), dtype=torch.uint8) for i in jpeg],
+        orientations=[orientations[i] for i in jpeg],
+        offsets=kept, images=images, sizes=sizes, skipped=skipped,
+    )
+
+
+def finish_on_device(routed: RoutedImages, input_size: int, resize_size: int, device: torch.device
+                     ) -> tuple[torch.Tensor, np.ndarray, list[tuple[int, str]], list[tuple[int, int]]]:
+    """The device half: decode the JPEGs together on `device`, give the ones it refuses to Pillow,
+    and merge everything in listing order: (uint8 images on `device`, kept offsets, skipped
+    (offset, reason) sorted, original (height, width) per kept image)."""
+    from loupe.pipeline.data.device_decode import decode_jpegs_with_sizes
+
+    decoded, decoded_sizes = decode_jpegs_with_sizes(routed.jpegs, routed.orientations, input_size, resize_size,
+                                                     device)
+    failed = [i for i, image in enumerate(decoded) if image is None]
+    fallback, fallback_kept, fallback_skipped, fallback_sizes = decode_contents(
+        [routed.jpegs[i].numpy().tobytes() for i in failed],
+        np.asarray([routed.jpeg_offsets[i] for i in failed], dtype=np.int64), input_size, resize_size)
+    rows = {o: (image, size) for o, image, size in zip(routed.jpeg_offsets, decoded, decoded_sizes) if image is not None}
+    host = {o: (torch.from_numpy(image), size) for o, image, size in
+            zip([*routed.offsets, *fallback_kept], [*routed.images, *fallback], [*routed.sizes, *fallback_sizes])}
+    kept = np.asarray(sorted([*rows, *host]), dtype=np.int64)
+    images = torch.empty((len(kept), 3, input_size, input_size), dtype=torch.uint8, device=device)
+    for part in (rows, host):
+        if part:
+            where = torch.from_numpy(np.searchsorted(kept, list(part)).astype(np.int64)).to(device)
+            images[where] = torch.stack([image for image, _ in part.values()]).to(device, non_blocking=True)
+    sizes = {**{o: size for o, (_, size) in rows.items()}, **{o: size for o, (_, size) in host.items()}}
+    return images, kept, sorted([*routed.skipped, *fallback_skipped]), [sizes[int(o)] for o in kept]
 
 
 class _BatchDataset(Dataset):
@@ -288,60 +326,37 @@ class _BatchDataset(Dataset):
         }
 
     def _routed(self, contents: list, local: np.ndarray, lo: int, hi: int) -> dict:
-        """A worker's half of device decoding: plain JPEGs stay bytes (packed into one tensor, so a
-        batch crosses processes as a few shared-memory blocks), everything else is decoded here."""
-        from loupe.pipeline.data.device_decode import jpeg_orientation
-
-        jpegs, jpeg_offsets, orientations, other, other_offsets = [], [], [], [], []
-        for offset, content in zip(local.tolist(), contents):
-            orientation = jpeg_orientation(content) if isinstance(content, (bytes, bytearray)) else None
-            if orientation is None:
-                other.append(content)
-                other_offsets.append(offset)
-            else:
-                jpegs.append(content)
-                jpeg_offsets.append(offset)
-                orientations.append(orientation)
-        images, kept, skipped, _ = decode_contents(other, np.asarray(other_offsets, dtype=np.int64),
-                                                   self.input_size, self.resize_size)
+        """A worker's half of device decoding, packed for crossing processes: the JPEGs' bytes as
+        one tensor (a few shared-memory blocks per batch), the Pillow-decoded rest stacked."""
+        routed = route_for_device(contents, local, self.input_size, self.resize_size)
         size = self.input_size
+        images = np.stack(routed.images) if routed.images else np.zeros((0, 3, size, size), dtype=np.uint8)
         return {
             "start": self.listing.start + lo,
             "stop": self.listing.start + hi,
-            "jpeg_offsets": torch.tensor(jpeg_offsets, dtype=torch.int64),
-            "jpeg_bounds": torch.from_numpy(np.cumsum([0, *map(len, jpegs)], dtype=np.int64)),
-            "jpeg_bytes": torch.from_numpy(np.frombuffer(bytearray().join(jpegs), dtype=np.uint8)),
-            "orientations": torch.tensor(orientations, dtype=torch.int64),
-            "offsets": torch.tensor(kept, dtype=torch.int64),
-            "images": torch.from_numpy(np.stack(images) if images else np.zeros((0, 3, size, size), dtype=np.uint8)),
-            "skipped": skipped,
+            "jpeg_offsets": torch.tensor(routed.jpeg_offsets, dtype=torch.int64),
+            "jpeg_bounds": torch.from_numpy(np.cumsum([0, *(len(j) for j in routed.jpegs)], dtype=np.int64)),
+            "jpeg_bytes": torch.cat(routed.jpegs) if routed.jpegs else torch.zeros(0, dtype=torch.uint8),
+            "orientations": torch.tensor(routed.orientations, dtype=torch.int64),
+            "offsets": torch.tensor(routed.offsets, dtype=torch.int64),
+            "images": torch.from_numpy(images),
+            "sizes": torch.tensor(routed.sizes, dtype=torch.int64).reshape(-1, 2),
+            "skipped": routed.skipped,
         }
 
-    def finish_on_device(self, item: dict, device: torch.device) -> Batch:
-        """This process's half of device decoding: decode the batch's JPEGs on `device`, give the
-        ones it rejects to Pillow, and merge them with the worker-decoded images in listing order."""
-        from loupe.pipeline.data.device_decode import decode_jpegs
-
+    def batch_on_device(self, item: dict, device: torch.device) -> Batch:
+        """This process's half of device decoding: unpack a worker's item, finish it on `device`."""
         bounds = item["jpeg_bounds"].tolist()
-        pieces = [item["jpeg_bytes"][a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        jpeg_offsets = item["jpeg_offsets"].tolist()
-        decoded = decode_jpegs(pieces, item["orientations"].tolist(), self.input_size, self.resize_size, device)
-        failed = [i for i, image in enumerate(decoded) if image is None]
-        fallback, fallback_kept, fallback_skipped, _ = decode_contents(
-            [pieces[i].numpy().tobytes() for i in failed],
-            np.asarray([jpeg_offsets[i] for i in failed], dtype=np.int64), self.input_size, self.resize_size)
-        rows = [(offset, image) for offset, image in zip(jpeg_offsets, decoded) if image is not None]
-        rows += [(offset, torch.from_numpy(image)) for offset, image in zip(fallback_kept, fallback)]
-        worker_offsets = item["offsets"].tolist()
-        kept = np.asarray(sorted([o for o, _ in rows] + worker_offsets), dtype=np.int64)
-        size = self.input_size
-        images = torch.empty((len(kept), 3, size, size), dtype=torch.uint8, device=device)
-        if worker_offsets:
-            images[_rows_of(kept, worker_offsets, device)] = item["images"].to(device, non_blocking=True)
-        if rows:
-            images[_rows_of(kept, [o for o, _ in rows], device)] = torch.stack([image.to(device) for _, image in rows])
-        # pin_memory turns tuples into lists, hence the rebuild before merging
-        skipped = sorted([(int(o), str(r)) for o, r in item["skipped"]] + fallback_skipped)
+        routed = RoutedImages(
+            jpeg_offsets=item["jpeg_offsets"].tolist(),
+            jpegs=[item["jpeg_bytes"][a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+            orientations=item["orientations"].tolist(),
+            offsets=item["offsets"].tolist(),
+            images=list(item["images"].numpy()),
+            sizes=[tuple(size) for size in item["sizes"].tolist()],
+            skipped=[(int(o), str(r)) for o, r in item["skipped"]],  # pin_memory turns tuples into lists
+        )
+        images, kept, skipped, _ = finish_on_device(routed, self.input_size, self.resize_size, device)
         ids = self.listing.ids([o for o, _ in skipped]) if skipped else []
         return Batch(
             start=int(item["start"]),
@@ -351,11 +366,6 @@ class _BatchDataset(Dataset):
             images=images,
             skipped=[SkippedImage(self.listing.start + o, i, r) for (o, r), i in zip(skipped, ids)],
         )
-
-
-def _rows_of(kept: np.ndarray, offsets: list[int], device: torch.device) -> torch.Tensor:
-    """Row of each of `offsets` in the sorted `kept` offsets, as an index tensor on `device`."""
-    return torch.from_numpy(np.searchsorted(kept, offsets).astype(np.int64)).to(device)
 
 
 def _as_is(item: dict) -> dict:
@@ -392,7 +402,7 @@ def iter_batches(
     )
     for item in loader:
         if options.decode == "device":
-            yield dataset.finish_on_device(item, device)
+            yield dataset.batch_on_device(item, device)
             continue
         yield Batch(
             start=int(item["start"]),
